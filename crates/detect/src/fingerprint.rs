@@ -1,0 +1,251 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+/// An opaque summary of what a [`Detector`](crate::Detector) watches.
+///
+/// Two fingerprints are equal when the watched state is the same as far as
+/// the detector can tell. Cloning is cheap (a digest copy or a reference
+/// count), and `Debug` prints only a short prefix of the digest.
+///
+/// Fingerprints of paths keep one part per file they cover, so
+/// [`changed_paths`](Fingerprint::changed_paths) can name what moved.
+#[derive(Clone)]
+pub struct Fingerprint(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Leaf([u8; 32]),
+    Set(Arc<SetRepr>),
+}
+
+struct SetRepr {
+    digest: [u8; 32],
+    parts: Vec<(PathBuf, Fingerprint)>,
+}
+
+impl Fingerprint {
+    /// A fingerprint from a digest computed elsewhere (for custom detectors).
+    pub fn from_digest(digest: [u8; 32]) -> Self {
+        Self(Repr::Leaf(digest))
+    }
+
+    /// A fingerprint of arbitrary bytes: their SHA-256.
+    ///
+    /// ```
+    /// use tls_reload_detect::Fingerprint;
+    /// assert_eq!(Fingerprint::of_bytes(b"a"), Fingerprint::of_bytes(b"a"));
+    /// assert_ne!(Fingerprint::of_bytes(b"a"), Fingerprint::of_bytes(b"b"));
+    /// ```
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self::from_digest(Sha256::digest(bytes).into())
+    }
+
+    /// A fingerprint made of one part per path. Its digest covers the paths,
+    /// their order and their parts; a part that is itself made of parts is
+    /// flattened into this one.
+    pub fn from_parts(parts: impl IntoIterator<Item = (PathBuf, Fingerprint)>) -> Self {
+        let mut flat = Vec::new();
+        for (path, part) in parts {
+            match part.0 {
+                Repr::Leaf(_) => flat.push((path, part)),
+                Repr::Set(set) => flat.extend(set.parts.iter().cloned()),
+            }
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"tls-reload-detect set\0");
+        for (path, part) in &flat {
+            let bytes = path.as_os_str().as_encoded_bytes();
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+            hasher.update(part.digest());
+        }
+        Self(Repr::Set(Arc::new(SetRepr {
+            digest: hasher.finalize().into(),
+            parts: flat,
+        })))
+    }
+
+    /// The 32-byte digest that equality compares.
+    pub fn digest(&self) -> &[u8; 32] {
+        match &self.0 {
+            Repr::Leaf(digest) => digest,
+            Repr::Set(set) => &set.digest,
+        }
+    }
+
+    /// The per-path parts, in order; empty for a fingerprint built from a
+    /// digest or bytes.
+    pub fn parts(&self) -> &[(PathBuf, Fingerprint)] {
+        match &self.0 {
+            Repr::Leaf(_) => &[],
+            Repr::Set(set) => &set.parts,
+        }
+    }
+
+    /// The paths whose part differs between `previous` and `self`: changed,
+    /// added or removed, in the order they appear (current parts first).
+    ///
+    /// Empty when the fingerprints are equal, or when neither has parts.
+    pub fn changed_paths(&self, previous: &Fingerprint) -> Vec<PathBuf> {
+        if self == previous {
+            return Vec::new();
+        }
+        let before: HashMap<&Path, &Fingerprint> = previous
+            .parts()
+            .iter()
+            .map(|(path, part)| (path.as_path(), part))
+            .collect();
+        let mut seen = HashMap::with_capacity(self.parts().len());
+        let mut changed = Vec::new();
+        for (path, part) in self.parts() {
+            seen.insert(path.as_path(), ());
+            if before.get(path.as_path()) != Some(&part) {
+                changed.push(path.clone());
+            }
+        }
+        for (path, _) in previous.parts() {
+            if !seen.contains_key(path.as_path()) {
+                changed.push(path.clone());
+            }
+        }
+        changed
+    }
+
+    /// Every path this fingerprint has a part for.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> + '_ {
+        self.parts().iter().map(|(path, _)| path.as_path())
+    }
+}
+
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest() == other.digest()
+    }
+}
+
+impl Eq for Fingerprint {}
+
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.digest().hash(state);
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint(")?;
+        for byte in &self.digest()[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        if !self.parts().is_empty() {
+            write!(f, ", {} paths", self.parts().len())?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.digest() {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A fingerprint that differs from the committed one.
+///
+/// Returned by [`Watcher::check`](crate::Watcher::check) and yielded by
+/// [`Watch`](crate::Watch). Act on it, then
+/// [`commit`](crate::Watcher::commit) its fingerprint.
+#[derive(Clone, Debug)]
+pub struct Change {
+    fingerprint: Fingerprint,
+    previous: Option<Fingerprint>,
+    paths: Vec<PathBuf>,
+}
+
+impl Change {
+    pub(crate) fn new(fingerprint: Fingerprint, previous: Option<Fingerprint>) -> Self {
+        let paths = match &previous {
+            Some(previous) => fingerprint.changed_paths(previous),
+            None => fingerprint.paths().map(Path::to_path_buf).collect(),
+        };
+        Self {
+            fingerprint,
+            previous,
+            paths,
+        }
+    }
+
+    /// The new fingerprint: commit this once the change has been acted on.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    /// The committed fingerprint this change is relative to, if any.
+    pub fn previous(&self) -> Option<&Fingerprint> {
+        self.previous.as_ref()
+    }
+
+    /// The paths that changed, appeared or disappeared. When nothing was
+    /// committed before, every path the fingerprint covers.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Takes the new fingerprint out of the change.
+    pub fn into_fingerprint(self) -> Fingerprint {
+        self.fingerprint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(parts: &[(&str, &[u8])]) -> Fingerprint {
+        Fingerprint::from_parts(
+            parts
+                .iter()
+                .map(|(p, b)| (PathBuf::from(p), Fingerprint::of_bytes(b))),
+        )
+    }
+
+    #[test]
+    fn changed_paths_names_changed_added_and_removed() {
+        let before = set(&[("a", b"1"), ("b", b"1"), ("c", b"1")]);
+        let after = set(&[("a", b"1"), ("b", b"2"), ("d", b"1")]);
+        assert_eq!(
+            after.changed_paths(&before),
+            vec![PathBuf::from("b"), PathBuf::from("d"), PathBuf::from("c")]
+        );
+        assert!(after.changed_paths(&after.clone()).is_empty());
+    }
+
+    #[test]
+    fn nested_sets_are_flattened() {
+        let inner = set(&[("dir/x", b"1"), ("dir/y", b"2")]);
+        let outer = Fingerprint::from_parts([
+            (PathBuf::from("cert"), Fingerprint::of_bytes(b"c")),
+            (PathBuf::from("dir"), inner),
+        ]);
+        let paths: Vec<_> = outer.paths().collect();
+        assert_eq!(
+            paths,
+            [Path::new("cert"), Path::new("dir/x"), Path::new("dir/y")]
+        );
+    }
+
+    #[test]
+    fn debug_is_short() {
+        let text = format!("{:?}", set(&[("a", b"1")]));
+        assert!(text.len() < 40, "{text}");
+        assert!(text.starts_with("Fingerprint("), "{text}");
+    }
+}

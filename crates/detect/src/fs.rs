@@ -1,0 +1,168 @@
+//! Blocking file system helpers shared by the strategies.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::DetectError;
+
+/// What a watched path turned out to be, following symlinks.
+pub(crate) enum Target {
+    File(fs::Metadata),
+    Dir(fs::Metadata),
+}
+
+pub(crate) fn target(path: &Path) -> Result<Target, DetectError> {
+    let meta = fs::metadata(path).map_err(|e| DetectError::io(path, e))?;
+    if meta.is_file() {
+        Ok(Target::File(meta))
+    } else if meta.is_dir() {
+        Ok(Target::Dir(meta))
+    } else {
+        Err(DetectError::Unsupported {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// The regular files of a directory, following symlinks, sorted by name.
+///
+/// Names starting with `.` and subdirectories are skipped, and so is an
+/// entry that vanishes between the listing and its `stat` (it is simply not
+/// there any more; the next check sees the new state).
+pub(crate) fn dir_files(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, DetectError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| DetectError::io(dir, e))? {
+        let entry = entry.map_err(|e| DetectError::io(dir, e))?;
+        let name = entry.file_name();
+        if name.as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let path = entry.path();
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push((path, meta)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DetectError::io(&path, e)),
+        }
+    }
+    files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
+}
+
+/// SHA-256 of a file's bytes, reading at most `limit` bytes.
+pub(crate) fn hash_file(
+    path: &Path,
+    meta: &fs::Metadata,
+    limit: u64,
+) -> Result<[u8; 32], DetectError> {
+    let too_large = |size| DetectError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let file = File::open(path).map_err(|e| DetectError::io(path, e))?;
+    // One byte past the cap tells a file that grew since the stat.
+    let mut reader = file.take(limit.saturating_add(1));
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DetectError::io(path, e)),
+        };
+        total += n as u64;
+        if total > limit {
+            return Err(too_large(total));
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// The metadata fields that change when a file is replaced or rewritten.
+///
+/// ctime cannot be set from user space, so `cp -p` or `touch -r`, which put
+/// an old mtime back, still move it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MetaKey {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mode: u32,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl MetaKey {
+    #[cfg(unix)]
+    pub(crate) fn new(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mode: meta.mode(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) fn new(meta: &fs::Metadata) -> Self {
+        let since_epoch = |t: std::io::Result<SystemTime>| {
+            t.ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or((0, 0), |d| {
+                    (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+                })
+        };
+        Self {
+            dev: 0,
+            ino: 0,
+            len: meta.len(),
+            mode: u32::from(meta.permissions().readonly()),
+            mtime: since_epoch(meta.modified()),
+            ctime: since_epoch(meta.created()),
+        }
+    }
+
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"tls-reload-detect meta\0");
+        for word in [self.dev, self.ino, self.len, u64::from(self.mode)] {
+            hasher.update(word.to_le_bytes());
+        }
+        for (secs, nanos) in [self.mtime, self.ctime] {
+            hasher.update(secs.to_le_bytes());
+            hasher.update(nanos.to_le_bytes());
+        }
+        hasher.finalize().into()
+    }
+
+    /// Whether a file with this metadata may still change without its
+    /// metadata changing: it was modified so recently that a second write in
+    /// the same timestamp tick would leave mtime and ctime as they are. This
+    /// is git's "racy clean" problem, solved the same way: do not trust
+    /// metadata that is younger than `window`.
+    pub(crate) fn is_racy(&self, now: SystemTime, window: Duration) -> bool {
+        let newest = self.mtime.max(self.ctime);
+        let Ok(now) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+            return true;
+        };
+        let newest = Duration::new(
+            u64::try_from(newest.0).unwrap_or(0),
+            u32::try_from(newest.1).unwrap_or(0),
+        );
+        newest + window > now
+    }
+}

@@ -1,0 +1,185 @@
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream, Stream, StreamExt};
+
+use crate::{Change, DetectError, Detector, Fingerprint};
+
+/// A detector plus the fingerprint that was last **committed**.
+///
+/// [`check`](Watcher::check) returns a [`Change`] only when the current
+/// fingerprint differs from the committed one; nothing is committed until the
+/// caller says so with [`commit`](Watcher::commit), after acting on the
+/// change. So a change whose handling failed, and an error (a file missing),
+/// commit nothing, and the same change is seen again at the next check.
+///
+/// Take the fingerprint *before* reading the files you act on: if a file
+/// changes in between, the next check differs from what was committed, which
+/// costs an extra round, never a missed change.
+///
+/// ```no_run
+/// # smol::block_on(async {
+/// use tls_reload_detect::{Combined, Watcher};
+/// let mut watcher = Watcher::new(Combined::new("tls.crt"));
+/// if let Some(change) = watcher.check().await? {
+///     println!("changed: {:?}", change.paths());
+///     // ... act on it; only if that worked:
+///     watcher.commit(change.into_fingerprint());
+/// }
+/// # Ok::<_, tls_reload_detect::DetectError>(()) });
+/// ```
+#[derive(Clone)]
+pub struct Watcher {
+    detector: Arc<dyn Detector>,
+    committed: Option<Fingerprint>,
+}
+
+impl Watcher {
+    /// A watcher with nothing committed: its first check reports a change.
+    pub fn new(detector: impl Detector + 'static) -> Self {
+        Self::from_arc(Arc::new(detector))
+    }
+
+    /// A watcher over a shared detector.
+    pub fn from_arc(detector: Arc<dyn Detector>) -> Self {
+        Self {
+            detector,
+            committed: None,
+        }
+    }
+
+    /// Takes a fingerprint and returns it as a change if it differs from the
+    /// committed one. Commits nothing.
+    pub async fn check(&self) -> Result<Option<Change>, DetectError> {
+        let current = self.detector.fingerprint().await?;
+        if self.committed.as_ref() == Some(&current) {
+            return Ok(None);
+        }
+        Ok(Some(Change::new(current, self.committed.clone())))
+    }
+
+    /// Records `fingerprint` as the state that has been acted on.
+    pub fn commit(&mut self, fingerprint: Fingerprint) {
+        self.committed = Some(fingerprint);
+    }
+
+    /// Takes a fingerprint and commits it at once: the baseline for later
+    /// checks.
+    pub async fn prime(&mut self) -> Result<Fingerprint, DetectError> {
+        let current = self.detector.fingerprint().await?;
+        self.committed = Some(current.clone());
+        Ok(current)
+    }
+
+    /// The committed fingerprint, if any.
+    pub fn committed(&self) -> Option<&Fingerprint> {
+        self.committed.as_ref()
+    }
+
+    /// The detector.
+    pub fn detector(&self) -> &Arc<dyn Detector> {
+        &self.detector
+    }
+}
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher")
+            .field("detector", &self.detector)
+            .field("committed", &self.committed)
+            .finish()
+    }
+}
+
+/// Watches `detector` every `interval` on an `async-io` timer.
+///
+/// The first fingerprint, taken when the stream is first polled, is the
+/// baseline. After that the stream yields one [`Change`] per tick at which
+/// the fingerprint moved (and commits it), and an error when a check fails,
+/// once per distinct error: a file that stays missing is reported once, and
+/// again only after a successful check. It never ends.
+///
+/// ```no_run
+/// use futures::StreamExt;
+/// use std::time::Duration;
+/// use tls_reload_detect::{watch, Composite, Strategy};
+/// # smol::block_on(async {
+/// let detector = Composite::from_paths(Strategy::Combined, ["tls.crt", "tls.key"]);
+/// let mut changes = watch(detector, Duration::from_secs(1));
+/// while let Some(event) = changes.next().await {
+///     match event {
+///         Ok(change) => println!("changed: {:?}", change.paths()),
+///         Err(error) => eprintln!("error: {error}"),
+///     }
+/// }
+/// # });
+/// ```
+pub fn watch(detector: impl Detector + 'static, interval: Duration) -> Watch {
+    struct State {
+        watcher: Watcher,
+        timer: Option<async_io::Timer>,
+        interval: Duration,
+        last_error: Option<String>,
+    }
+    let state = State {
+        watcher: Watcher::new(detector),
+        timer: None,
+        interval,
+        last_error: None,
+    };
+    let inner = stream::unfold(state, |mut state| async move {
+        loop {
+            let result = match state.timer.as_mut() {
+                None => {
+                    state.timer = Some(async_io::Timer::interval(state.interval));
+                    state.watcher.prime().await.map(|_| None)
+                }
+                Some(timer) => {
+                    timer.next().await;
+                    state.watcher.check().await
+                }
+            };
+            match result {
+                Ok(change) => {
+                    state.last_error = None;
+                    if let Some(change) = change {
+                        state.watcher.commit(change.fingerprint().clone());
+                        return Some((Ok(change), state));
+                    }
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    if state.last_error.as_deref() != Some(text.as_str()) {
+                        state.last_error = Some(text);
+                        return Some((Err(error), state));
+                    }
+                }
+            }
+        }
+    })
+    .boxed();
+    Watch { inner }
+}
+
+/// The stream returned by [`watch`].
+#[must_use = "streams do nothing unless polled"]
+pub struct Watch {
+    inner: BoxStream<'static, Result<Change, DetectError>>,
+}
+
+impl Stream for Watch {
+    type Item = Result<Change, DetectError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
