@@ -1,0 +1,187 @@
+use std::fmt::{self, Write as _};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::BuildError;
+
+/// What a status page shows about the served leaf certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafInfo {
+    /// The serial number's magnitude, big-endian, without DER's leading zero
+    /// (one `0` byte for a zero serial).
+    pub serial: Vec<u8>,
+    /// The subject distinguished name, RFC 4514 style (`CN=example.com, O=...`).
+    pub subject: String,
+    /// Start of the validity period.
+    pub not_before: SystemTime,
+    /// End of the validity period.
+    pub not_after: SystemTime,
+    /// SHA-256 of the certificate's DER encoding.
+    pub sha256: [u8; 32],
+}
+
+impl LeafInfo {
+    /// The serial in lowercase hex, two digits per byte, without leading zero
+    /// bytes, as `openssl x509 -serial` prints it (lowercased); `00` for zero.
+    pub fn serial_hex(&self) -> String {
+        let start = self.serial.iter().position(|&b| b != 0);
+        match start {
+            Some(start) => hex(&self.serial[start..]),
+            None => "00".to_owned(),
+        }
+    }
+
+    /// The SHA-256 fingerprint in lowercase hex, without separators.
+    pub fn sha256_hex(&self) -> String {
+        hex(&self.sha256)
+    }
+
+    /// Parses the leaf certificate read from `path`.
+    pub(crate) fn parse(path: &Path, der: &[u8]) -> Result<Self, BuildError> {
+        let bad = |reason: String| BuildError::BadCertificate {
+            path: path.to_owned(),
+            reason,
+        };
+        let (rest, cert) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad(format!("{} trailing bytes after the DER", rest.len())));
+        }
+        let validity = cert.validity();
+        let mut serial: Vec<u8> = cert
+            .raw_serial()
+            .iter()
+            .copied()
+            .skip_while(|&b| b == 0)
+            .collect();
+        if serial.is_empty() {
+            serial.push(0);
+        }
+        Ok(Self {
+            serial,
+            subject: cert.subject().to_string(),
+            not_before: from_unix(validity.not_before.timestamp()),
+            not_after: from_unix(validity.not_after.timestamp()),
+            sha256: Sha256::digest(der).into(),
+        })
+    }
+
+    /// Refuses a leaf outside its validity period at `now`.
+    pub(crate) fn check_validity(&self, path: &Path, now: SystemTime) -> Result<(), BuildError> {
+        if now > self.not_after {
+            return Err(BuildError::Expired {
+                path: path.to_owned(),
+                not_after: self.not_after,
+                now,
+            });
+        }
+        if now < self.not_before {
+            return Err(BuildError::NotYetValid {
+                path: path.to_owned(),
+                not_before: self.not_before,
+                now,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn from_unix(secs: i64) -> SystemTime {
+    let magnitude = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        UNIX_EPOCH + magnitude
+    } else {
+        UNIX_EPOCH - magnitude
+    }
+}
+
+/// Displays a time as RFC 3339 UTC with whole seconds: `2025-01-01T00:00:00Z`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rfc3339(pub(crate) SystemTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs: i64 = match self.0.duration_since(UNIX_EPOCH) {
+            Ok(after) => after.as_secs().try_into().unwrap_or(i64::MAX),
+            // Round towards the past, so 0.5 s before the epoch is 23:59:59.
+            Err(before) => {
+                let d = before.duration();
+                let whole = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                -whole - i64::from(d.subsec_nanos() > 0)
+            }
+        };
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> String {
+        Rfc3339(from_unix(secs)).to_string()
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(1_735_689_600), "2025-01-01T00:00:00Z");
+        assert_eq!(at(951_825_600), "2000-02-29T12:00:00Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(at(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(
+            Rfc3339(UNIX_EPOCH - Duration::from_millis(500)).to_string(),
+            "1969-12-31T23:59:59Z"
+        );
+    }
+
+    #[test]
+    fn serial_hex_strips_padding() {
+        let mut leaf = LeafInfo {
+            serial: vec![0, 0x8a, 0x01],
+            subject: String::new(),
+            not_before: UNIX_EPOCH,
+            not_after: UNIX_EPOCH,
+            sha256: [0xab; 32],
+        };
+        assert_eq!(leaf.serial_hex(), "8a01");
+        leaf.serial = vec![0];
+        assert_eq!(leaf.serial_hex(), "00");
+        leaf.serial = vec![];
+        assert_eq!(leaf.serial_hex(), "00");
+        assert_eq!(leaf.sha256_hex(), "ab".repeat(32));
+    }
+}
