@@ -1,1 +1,86 @@
-//! placeholder
+//! A TLS acceptor that follows its certificate files, for any async runtime.
+//!
+//! Certificates are renewed on disk by something else (cert-manager, Vault
+//! agent, certbot, a SPIFFE helper). [`ReloadingAcceptor`] notices, builds
+//! the new `rustls` config on a blocking thread, and hands it to the next
+//! handshake: no restart, no dropped connection, and a broken renewal never
+//! replaces a good config. It is the idea of Valkey's
+//! `tls-auto-reload-interval`, as a library.
+//!
+//! It speaks the `futures` IO traits, with timers from `async-io`, so it
+//! plugs into smol, async-std, or a thread running `block_on`; no tokio.
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use std::time::Duration;
+//! use smol::{io, Async};
+//! use tls_reload_acceptor::ReloadingAcceptor;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! smol::block_on(async {
+//!     let acceptor = ReloadingAcceptor::from_files("tls.crt", "tls.key")
+//!         .interval(Duration::from_secs(5))
+//!         .build() // reads and checks the files now: fails with the file and the reason
+//!         .await?;
+//!     smol::spawn(acceptor.reloader()).detach(); // ends when the acceptor is dropped
+//!     let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 8443))?;
+//!     loop {
+//!         let (tcp, _) = listener.accept().await?;
+//!         tcp.get_ref().set_nodelay(true)?;
+//!         let acceptor = acceptor.clone();
+//!         smol::spawn(async move {
+//!             let tls = acceptor.accept(tcp).await?; // the newest good config
+//!             let (reader, mut writer) = io::split(tls);
+//!             io::copy(reader, &mut writer).await
+//!         })
+//!         .detach();
+//!     }
+//! })
+//! # }
+//! ```
+//!
+//! # How a reload goes
+//!
+//! 1. Every interval the [reloader](ReloadingAcceptor::reloader) takes a
+//!    fingerprint of the files (by default [`Strategy::Combined`]: one
+//!    `stat` per file, a hash only when metadata moved).
+//! 2. If it differs from the fingerprint of the files being served, the new
+//!    config is built on the blocking pool (`tls_reload_build`), which refuses
+//!    anything inconsistent: a key that does not match the certificate, an
+//!    expired certificate, a CA file with no certificate.
+//! 3. A good build is applied: new handshakes use it, open connections keep
+//!    theirs. Only then is the fingerprint committed, so a failed build (the
+//!    certificate written, the key not yet) is retried as soon as anything
+//!    moves, and the last good config keeps serving meanwhile.
+//!
+//! A failure is reported once per cause and set of files, through `tracing`,
+//! [`status`](ReloadingAcceptor::status) and
+//! [`events`](ReloadingAcceptor::events).
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod acceptor;
+mod error;
+mod incoming;
+mod shared;
+mod status;
+
+pub use acceptor::{
+    Accept, Builder, Reloaded, Reloader, ReloadingAcceptor, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_INTERVAL, DEFAULT_RETRY_INTERVAL,
+};
+pub use error::ReloadError;
+pub use incoming::{Incoming, DEFAULT_MAX_HANDSHAKES};
+pub use status::{Events, ReloadEvent, SkipReason, Status};
+
+pub use futures_rustls::server::TlsStream;
+pub use rustls;
+pub use tls_reload_build::{
+    BuildError, Built, ClientAuth, LeafInfo, Materials, Resumption, Template,
+};
+pub use tls_reload_detect::{Detector, Strategy, TestDetector};

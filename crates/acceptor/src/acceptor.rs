@@ -1,0 +1,376 @@
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_io::Timer;
+use futures::future::{self, Either};
+use futures::io::{AsyncRead, AsyncWrite};
+use futures::{FutureExt, Stream, StreamExt};
+use futures_rustls::server::TlsStream;
+use rustls::ServerConfig;
+use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
+use tls_reload_detect::{Detector, Strategy};
+
+use crate::shared::{DetectorSource, Settings, Shared, Start};
+use crate::{Events, Incoming, ReloadError, Status};
+
+/// How often the reloader checks the files unless told otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a TLS handshake may take unless told otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often files that failed to build are rebuilt while they stay the
+/// same (a certificate that is not yet valid becomes valid with time).
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A TLS acceptor whose certificate, key and trusted client CAs follow the
+/// files on disk.
+///
+/// Shaped like futures-rustls's `TlsAcceptor`: a cheap [`Clone`] handle whose
+/// [`accept`](ReloadingAcceptor::accept) wraps any
+/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each accept first
+/// applies a config that a reload left pending (an atomic load when there is
+/// none), then hands the current `Arc<ServerConfig>` to futures-rustls; open
+/// connections keep the config they started with.
+///
+/// Reloads come from the [`reloader`](ReloadingAcceptor::reloader), a future
+/// you spawn on any executor, or from
+/// [`reload_now`](ReloadingAcceptor::reload_now). A failed reload keeps the
+/// last good config.
+#[derive(Clone)]
+pub struct ReloadingAcceptor {
+    shared: Arc<Shared>,
+}
+
+impl ReloadingAcceptor {
+    /// Starts configuring an acceptor for these materials.
+    pub fn builder(materials: Materials) -> Builder {
+        Builder {
+            materials,
+            template: None,
+            source: DetectorSource::Strategy(Strategy::default()),
+            settings: Settings {
+                interval: DEFAULT_INTERVAL,
+                retry_interval: DEFAULT_RETRY_INTERVAL,
+                handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            },
+        }
+    }
+
+    /// Starts configuring an acceptor for a certificate chain and a private
+    /// key in PEM files.
+    pub fn from_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Builder {
+        Self::builder(Materials::new(cert, key))
+    }
+
+    /// Starts a TLS handshake on `io` with the newest good config.
+    ///
+    /// The handshake fails with [`io::ErrorKind::TimedOut`] after the
+    /// [handshake timeout](Builder::handshake_timeout), and with
+    /// [`io::ErrorKind::InvalidData`] on a TLS error.
+    pub fn accept<IO>(&self, io: IO) -> Accept<IO>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = self.shared.config_for_accept();
+        Accept {
+            handshake: futures_rustls::TlsAcceptor::from(config).accept(io),
+            timeout: self.shared.settings.handshake_timeout.map(Timer::after),
+        }
+    }
+
+    /// Wraps a stream of incoming connections into a stream of TLS streams,
+    /// with the handshakes running concurrently, each bounded by the
+    /// handshake timeout. See [`Incoming`].
+    pub fn incoming<S, IO>(&self, connections: S) -> Incoming<S, IO>
+    where
+        S: Stream<Item = io::Result<IO>> + Unpin,
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        Incoming::new(self.clone(), connections)
+    }
+
+    /// The future that watches the files and reloads on a change. Spawn it
+    /// on any executor; it ends when every handle to this acceptor is
+    /// dropped.
+    ///
+    /// Every [interval](Builder::interval) it asks the detector; on a change
+    /// it builds the new config on the blocking pool and applies it. The
+    /// fingerprint of the files is committed only once their config is
+    /// applied, so a failed build is retried as soon as anything moves.
+    pub fn reloader(&self) -> Reloader {
+        let shared = Arc::downgrade(&self.shared);
+        let alive = self.shared.alive.clone();
+        let interval = self.shared.settings.interval;
+        Reloader {
+            inner: run_reloader(shared, alive, interval).boxed(),
+        }
+    }
+
+    /// Reads and builds the materials now and applies the result, or returns
+    /// why not (like Valkey's `CONFIG SET`). A background build that began
+    /// before this call is never applied after it.
+    pub async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
+        self.shared.reload(None, None, true).await
+    }
+
+    /// Switches to other material paths, building them first: on error,
+    /// nothing changes and the error is returned. The reloader watches the
+    /// new paths from then on.
+    pub async fn set_materials(&self, materials: Materials) -> Result<Reloaded, ReloadError> {
+        let template = self.shared.template();
+        self.shared
+            .reload(None, Some((materials, template)), true)
+            .await
+    }
+
+    /// Switches to another template (provider, protocol versions, ALPN,
+    /// client auth), building it first: on error, nothing changes.
+    pub async fn set_template(&self, template: Template) -> Result<Reloaded, ReloadError> {
+        let materials = self.shared.materials();
+        self.shared
+            .reload(None, Some((materials, template)), true)
+            .await
+    }
+
+    /// The config new handshakes get now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.shared.config_for_accept()
+    }
+
+    /// The build now served, with its leaf certificate's details.
+    pub fn current(&self) -> Arc<Built> {
+        self.shared.current()
+    }
+
+    /// A snapshot of the reload state.
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// Subscribes to what the reloader does from now on.
+    pub fn events(&self) -> Events {
+        Events {
+            inner: Box::pin(self.shared.subscribe()),
+        }
+    }
+}
+
+impl fmt::Debug for ReloadingAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+async fn run_reloader(
+    shared: Weak<Shared>,
+    alive: async_channel::Receiver<()>,
+    interval: Duration,
+) {
+    let mut timer = Timer::interval(interval);
+    loop {
+        let tick = timer.next();
+        let stop = alive.recv();
+        futures::pin_mut!(stop);
+        if let Either::Right(_) = future::select(tick, stop).await {
+            tracing::debug!("acceptor dropped; reloader stops");
+            return;
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.tick().await;
+    }
+}
+
+/// Configures a [`ReloadingAcceptor`]; [`build`](Builder::build) loads the
+/// first config.
+#[must_use = "a builder does nothing until built"]
+pub struct Builder {
+    materials: Materials,
+    template: Option<Template>,
+    source: DetectorSource,
+    settings: Settings,
+}
+
+impl Builder {
+    /// Requires client certificates signed by a CA in this PEM bundle (every
+    /// certificate in it is trusted). Combine with
+    /// [`client_ca_dir`](Builder::client_ca_dir) if you like.
+    pub fn client_ca(mut self, file: impl Into<PathBuf>) -> Self {
+        self.materials = self.materials.with_client_ca(file);
+        self
+    }
+
+    /// Requires client certificates signed by a CA in one of this directory's
+    /// files.
+    pub fn client_ca_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.materials = self.materials.with_client_ca_dir(dir);
+        self
+    }
+
+    /// Everything but the files: crypto provider, protocol versions, ALPN,
+    /// client auth mode. Default: [`Template::from_default_provider`].
+    pub fn template(mut self, template: Template) -> Self {
+        self.template = Some(template);
+        self
+    }
+
+    /// How often the reloader checks the files. Default 1 s.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.settings.interval = interval;
+        self
+    }
+
+    /// How often files that failed to build are rebuilt while they stay
+    /// unchanged. Default 30 s.
+    pub fn retry_interval(mut self, interval: Duration) -> Self {
+        self.settings.retry_interval = interval;
+        self
+    }
+
+    /// Bounds every handshake; `None` lets a handshake wait forever.
+    /// Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.settings.handshake_timeout = timeout.into();
+        self
+    }
+
+    /// Watches the material paths with a built-in strategy. Default
+    /// [`Strategy::Combined`].
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.source = DetectorSource::Strategy(strategy);
+        self
+    }
+
+    /// Uses this detector whatever the paths: a
+    /// [`TestDetector`](tls_reload_detect::TestDetector) makes reloads
+    /// deterministic in tests.
+    pub fn detector(mut self, detector: impl Detector + 'static) -> Self {
+        self.source = DetectorSource::Fixed(Arc::new(detector));
+        self
+    }
+
+    /// Makes the detector from the materials, anew when they change.
+    pub fn detector_with(
+        mut self,
+        factory: impl Fn(&Materials) -> Box<dyn Detector> + Send + Sync + 'static,
+    ) -> Self {
+        self.source = DetectorSource::Factory(Arc::new(factory));
+        self
+    }
+
+    /// Builds the first config on the blocking pool: a failure names the file
+    /// and the reason.
+    pub async fn build(self) -> Result<ReloadingAcceptor, BuildError> {
+        let start = self.into_start()?;
+        Ok(ReloadingAcceptor {
+            shared: Shared::start(start).await?,
+        })
+    }
+
+    /// Builds the first config on the current thread.
+    pub fn build_blocking(self) -> Result<ReloadingAcceptor, BuildError> {
+        let start = self.into_start()?;
+        Ok(ReloadingAcceptor {
+            shared: Shared::start_blocking(start)?,
+        })
+    }
+
+    fn into_start(self) -> Result<Start, BuildError> {
+        let template = match self.template {
+            Some(template) => template,
+            None => Template::from_default_provider()?,
+        };
+        Ok(Start {
+            materials: self.materials,
+            template,
+            source: self.source,
+            settings: self.settings,
+        })
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("materials", &self.materials)
+            .field("detector", &self.source)
+            .field("interval", &self.settings.interval)
+            .field("handshake_timeout", &self.settings.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of a TLS handshake, from [`ReloadingAcceptor::accept`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Accept<IO> {
+    handshake: futures_rustls::Accept<IO>,
+    timeout: Option<Timer>,
+}
+
+impl<IO> Future for Accept<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = io::Result<TlsStream<IO>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(result) = Pin::new(&mut self.handshake).poll(cx) {
+            return Poll::Ready(result);
+        }
+        let timed_out = match self.timeout.as_mut() {
+            Some(timer) => Pin::new(timer).poll(cx).is_ready(),
+            None => false,
+        };
+        if timed_out {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<IO> fmt::Debug for Accept<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accept").finish_non_exhaustive()
+    }
+}
+
+/// The reloader loop, from [`ReloadingAcceptor::reloader`].
+#[must_use = "the reloader does nothing unless spawned or awaited"]
+pub struct Reloader {
+    inner: future::BoxFuture<'static, ()>,
+}
+
+impl Future for Reloader {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.poll_unpin(cx)
+    }
+}
+
+impl fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+/// A reload that was applied.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Reloaded {
+    /// The generation now served.
+    pub generation: u64,
+    /// The certificate now served.
+    pub leaf: LeafInfo,
+    /// Whether sessions from before the reload still resume.
+    pub resumption: Resumption,
+}

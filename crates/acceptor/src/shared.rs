@@ -1,0 +1,466 @@
+//! The state behind every acceptor handle, and the reload logic.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::ServerConfig;
+use tls_reload_build::{Built, Materials, Template};
+use tls_reload_detect::{Composite, Detector, Fingerprint, Strategy, DEFAULT_MAX_FILE_SIZE};
+
+use crate::{ReloadError, ReloadEvent, Reloaded, SkipReason, Status};
+
+/// Where the reloader's detector comes from.
+#[derive(Clone)]
+pub(crate) enum DetectorSource {
+    /// A built-in strategy over the material paths.
+    Strategy(Strategy),
+    /// One detector, whatever the paths.
+    Fixed(Arc<dyn Detector>),
+    /// A detector made from the materials, anew when they change.
+    Factory(Arc<dyn Fn(&Materials) -> Box<dyn Detector> + Send + Sync>),
+}
+
+impl DetectorSource {
+    pub(crate) fn make(&self, materials: &Materials) -> Arc<dyn Detector> {
+        match self {
+            Self::Strategy(strategy) => Arc::new(Composite::from_paths_with_limit(
+                *strategy,
+                materials.paths(),
+                DEFAULT_MAX_FILE_SIZE,
+            )),
+            Self::Fixed(detector) => detector.clone(),
+            Self::Factory(factory) => Arc::from(factory(materials)),
+        }
+    }
+}
+
+impl fmt::Debug for DetectorSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Strategy(strategy) => write!(f, "{strategy}"),
+            Self::Fixed(detector) => write!(f, "{detector:?}"),
+            Self::Factory(_) => f.write_str("<factory>"),
+        }
+    }
+}
+
+/// A built config waiting to be applied at the next accept.
+struct Pending {
+    ticket: u64,
+    built: Arc<Built>,
+    fingerprint: Option<Fingerprint>,
+    manual: bool,
+}
+
+pub(crate) struct Settings {
+    pub(crate) interval: Duration,
+    pub(crate) retry_interval: Duration,
+    pub(crate) handshake_timeout: Option<Duration>,
+}
+
+pub(crate) struct Shared {
+    /// What new handshakes use: loaded once per accept.
+    config: ArcSwap<ServerConfig>,
+    pending: ArcSwapOption<Pending>,
+    /// Build tickets, in the order builds start.
+    tickets: AtomicU64,
+    state: Mutex<State>,
+    subscribers: Mutex<Vec<async_channel::Sender<ReloadEvent>>>,
+    pub(crate) settings: Settings,
+    /// Never sent on: dropped with the last handle, which ends the reloaders.
+    _alive: async_channel::Sender<()>,
+    pub(crate) alive: async_channel::Receiver<()>,
+}
+
+struct State {
+    materials: Materials,
+    template: Template,
+    source: DetectorSource,
+    detector: Arc<dyn Detector>,
+    /// The fingerprint of the files the served config was built from.
+    committed: Option<Fingerprint>,
+    /// Builds with a ticket below this were overtaken by a manual reload.
+    min_ticket: u64,
+    applied_ticket: u64,
+    current: Arc<Built>,
+    generation: u64,
+    applied_at: SystemTime,
+    last_reload_at: Option<SystemTime>,
+    reloads_applied: u64,
+    reloads_failed: u64,
+    last_error: Option<(String, SystemTime)>,
+    /// The last failure, to report a repeat once and not rebuild the same
+    /// broken files every tick.
+    last_failure: Option<Failure>,
+}
+
+struct Failure {
+    message: String,
+    fingerprint: Option<Fingerprint>,
+    at: Instant,
+}
+
+pub(crate) struct Start {
+    pub(crate) materials: Materials,
+    pub(crate) template: Template,
+    pub(crate) source: DetectorSource,
+    pub(crate) settings: Settings,
+}
+
+impl Shared {
+    /// Builds the first config, failing fast.
+    pub(crate) async fn start(start: Start) -> Result<Arc<Self>, tls_reload_build::BuildError> {
+        let detector = start.source.make(&start.materials);
+        // Fingerprint before reading: a change in between costs one more
+        // reload later, never a missed one.
+        let committed = match detector.fingerprint().await {
+            Ok(fingerprint) => Some(fingerprint),
+            Err(error) => {
+                tracing::debug!(%error, "no fingerprint at start-up; the first check will rebuild");
+                None
+            }
+        };
+        let built = tls_reload_build::build(&start.materials, &start.template, None).await?;
+        Ok(Self::new(start, detector, committed, built))
+    }
+
+    /// Builds the first config on the current thread, failing fast.
+    pub(crate) fn start_blocking(start: Start) -> Result<Arc<Self>, tls_reload_build::BuildError> {
+        let detector = start.source.make(&start.materials);
+        let committed = futures::executor::block_on(detector.fingerprint()).ok();
+        let built = tls_reload_build::build_blocking(&start.materials, &start.template, None)?;
+        Ok(Self::new(start, detector, committed, built))
+    }
+
+    fn new(
+        start: Start,
+        detector: Arc<dyn Detector>,
+        committed: Option<Fingerprint>,
+        built: Built,
+    ) -> Arc<Self> {
+        let (alive_tx, alive_rx) = async_channel::bounded(1);
+        let built = Arc::new(built);
+        tracing::info!(
+            serial = %built.leaf().serial_hex(),
+            subject = %built.leaf().subject,
+            "tls config loaded"
+        );
+        Arc::new(Self {
+            config: ArcSwap::new(built.config().clone()),
+            pending: ArcSwapOption::empty(),
+            tickets: AtomicU64::new(0),
+            state: Mutex::new(State {
+                materials: start.materials,
+                template: start.template,
+                source: start.source,
+                detector,
+                committed,
+                min_ticket: 0,
+                applied_ticket: 0,
+                current: built,
+                generation: 1,
+                applied_at: SystemTime::now(),
+                last_reload_at: None,
+                reloads_applied: 0,
+                reloads_failed: 0,
+                last_error: None,
+                last_failure: None,
+            }),
+            subscribers: Mutex::new(Vec::new()),
+            settings: start.settings,
+            _alive: alive_tx,
+            alive: alive_rx,
+        })
+    }
+
+    /// The config for a new handshake, after applying a pending one.
+    pub(crate) fn config_for_accept(&self) -> Arc<ServerConfig> {
+        if self.pending.load().is_some() {
+            self.promote();
+        }
+        self.config.load_full()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing in the critical sections panics; if something did, the
+        // state is still consistent field by field.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let state = self.state();
+        Status {
+            generation: state.generation,
+            applied_at: state.applied_at,
+            last_reload_at: state.last_reload_at,
+            reloads_applied: state.reloads_applied,
+            reloads_failed: state.reloads_failed,
+            last_error: state
+                .last_error
+                .as_ref()
+                .map(|(message, _)| message.clone()),
+            last_error_at: state.last_error.as_ref().map(|(_, at)| *at),
+            leaf: state.current.leaf().clone(),
+            materials: state.materials.clone(),
+            files: state.current.files().to_vec(),
+        }
+    }
+
+    pub(crate) fn current(&self) -> Arc<Built> {
+        self.state().current.clone()
+    }
+
+    pub(crate) fn template(&self) -> Template {
+        self.state().template.clone()
+    }
+
+    pub(crate) fn materials(&self) -> Materials {
+        self.state().materials.clone()
+    }
+
+    pub(crate) fn subscribe(&self) -> async_channel::Receiver<ReloadEvent> {
+        let (tx, rx) = async_channel::bounded(256);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+
+    fn emit(&self, event: ReloadEvent) {
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|tx| match tx.try_send(event.clone()) {
+            Ok(()) | Err(async_channel::TrySendError::Full(_)) => true,
+            Err(async_channel::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// One reloader tick: detect, and on a change build and apply.
+    pub(crate) async fn tick(&self) {
+        let (detector, committed, pending) = {
+            let state = self.state();
+            let pending = self
+                .pending
+                .load()
+                .as_ref()
+                .and_then(|p| p.fingerprint.clone());
+            (state.detector.clone(), state.committed.clone(), pending)
+        };
+        let fingerprint = match detector.fingerprint().await {
+            Ok(fingerprint) => fingerprint,
+            Err(error) => return self.record_failure(error.into(), None, false),
+        };
+        if committed.as_ref() == Some(&fingerprint) {
+            // Back to what is served (a file that went missing came back as
+            // it was): a new failure is news again.
+            self.state().last_failure = None;
+            tracing::trace!("no change");
+            return;
+        }
+        if pending.as_ref() == Some(&fingerprint) {
+            return;
+        }
+        {
+            let state = self.state();
+            if let Some(failure) = &state.last_failure {
+                if failure.fingerprint.as_ref() == Some(&fingerprint)
+                    && failure.at.elapsed() < self.settings.retry_interval
+                {
+                    tracing::trace!("files unchanged since the last failed build");
+                    drop(state);
+                    return self.emit(ReloadEvent::Skipped {
+                        reason: SkipReason::KnownFailure,
+                    });
+                }
+            }
+        }
+        let paths = match &committed {
+            Some(committed) => fingerprint.changed_paths(committed),
+            None => fingerprint.paths().map(Into::into).collect(),
+        };
+        tracing::info!(?paths, "tls materials changed");
+        self.emit(ReloadEvent::Detected { paths });
+        // A failed background build is reported through events and status.
+        let _ = self.reload(Some(fingerprint), None, false).await;
+    }
+
+    /// Builds from the materials in force (or `reconfigure`'s new ones) and
+    /// applies the result unless a newer reload overtook it.
+    pub(crate) async fn reload(
+        &self,
+        fingerprint: Option<Fingerprint>,
+        reconfigure: Option<(Materials, Template)>,
+        manual: bool,
+    ) -> Result<Reloaded, ReloadError> {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let (materials, template, previous, detector) = {
+            let mut state = self.state();
+            if manual {
+                // Whatever started before this must not land after it.
+                state.min_ticket = state.min_ticket.max(ticket);
+            }
+            match reconfigure {
+                Some((materials, template)) => {
+                    let detector = state.source.make(&materials);
+                    (materials, template, state.current.clone(), Some(detector))
+                }
+                None => (
+                    state.materials.clone(),
+                    state.template.clone(),
+                    state.current.clone(),
+                    None,
+                ),
+            }
+        };
+        let fingerprint = match (&detector, fingerprint, manual) {
+            (_, Some(fingerprint), _) => Some(fingerprint),
+            (Some(detector), None, _) => detector.fingerprint().await.ok(),
+            (None, None, true) => {
+                let detector = self.state().detector.clone();
+                detector.fingerprint().await.ok()
+            }
+            (None, None, false) => None,
+        };
+        let built = match tls_reload_build::build(&materials, &template, Some(previous)).await {
+            Ok(built) => Arc::new(built),
+            Err(error) => {
+                if self.is_stale(ticket) {
+                    return Err(ReloadError::Superseded);
+                }
+                let error = ReloadError::from(error);
+                self.record_failure(error.clone(), fingerprint, manual);
+                return Err(error);
+            }
+        };
+        self.emit(ReloadEvent::Built {
+            leaf: built.leaf().clone(),
+            resumption: built.resumption(),
+        });
+        if let Some(detector) = detector {
+            let mut state = self.state();
+            if ticket < state.min_ticket {
+                return Err(ReloadError::Superseded);
+            }
+            state.materials = materials;
+            state.template = template;
+            state.detector = detector;
+            state.committed = None;
+        }
+        self.pending.store(Some(Arc::new(Pending {
+            ticket,
+            built: built.clone(),
+            fingerprint,
+            manual,
+        })));
+        self.promote();
+        let state = self.state();
+        if state.applied_ticket == ticket {
+            Ok(Reloaded {
+                generation: state.generation,
+                leaf: built.leaf().clone(),
+                resumption: built.resumption(),
+            })
+        } else if state.applied_ticket > ticket || ticket < state.min_ticket {
+            Err(ReloadError::Superseded)
+        } else {
+            // Taken by a concurrent accept that is applying it right now.
+            Ok(Reloaded {
+                generation: state.generation,
+                leaf: built.leaf().clone(),
+                resumption: built.resumption(),
+            })
+        }
+    }
+
+    fn is_stale(&self, ticket: u64) -> bool {
+        let state = self.state();
+        ticket < state.min_ticket || ticket <= state.applied_ticket
+    }
+
+    /// Applies the pending config, if any and if no newer one was applied.
+    fn promote(&self) {
+        let Some(pending) = self.pending.swap(None) else {
+            return;
+        };
+        let mut state = self.state();
+        if pending.ticket < state.min_ticket || pending.ticket <= state.applied_ticket {
+            drop(state);
+            tracing::debug!(ticket = pending.ticket, "dropped a stale build");
+            return self.emit(ReloadEvent::Skipped {
+                reason: SkipReason::Stale,
+            });
+        }
+        self.config.store(pending.built.config().clone());
+        let now = SystemTime::now();
+        state.current = pending.built.clone();
+        state.applied_ticket = pending.ticket;
+        state.generation += 1;
+        state.applied_at = now;
+        state.last_reload_at = Some(now);
+        state.reloads_applied += 1;
+        state.last_failure = None;
+        if pending.fingerprint.is_some() {
+            state.committed = pending.fingerprint.clone();
+        }
+        let generation = state.generation;
+        drop(state);
+        let leaf = pending.built.leaf();
+        tracing::info!(
+            generation,
+            serial = %leaf.serial_hex(),
+            subject = %leaf.subject,
+            resumption = ?pending.built.resumption(),
+            "tls reload applied"
+        );
+        self.emit(ReloadEvent::Applied {
+            generation,
+            leaf: leaf.clone(),
+            manual: pending.manual,
+        });
+    }
+
+    /// Records and reports a failure: once per distinct cause and files, or
+    /// `always` for a manual reload, whose caller asked.
+    fn record_failure(&self, error: ReloadError, fingerprint: Option<Fingerprint>, always: bool) {
+        let message = error.to_string();
+        let mut state = self.state();
+        let repeated = state
+            .last_failure
+            .as_ref()
+            .is_some_and(|last| last.message == message && last.fingerprint == fingerprint);
+        state.last_failure = Some(Failure {
+            message: message.clone(),
+            fingerprint,
+            at: Instant::now(),
+        });
+        if repeated && !always {
+            drop(state);
+            tracing::debug!(error = %message, "tls reload still failing");
+            return;
+        }
+        state.reloads_failed += 1;
+        state.last_error = Some((message.clone(), SystemTime::now()));
+        drop(state);
+        tracing::warn!(error = %message, "tls reload failed; keeping the last good config");
+        self.emit(ReloadEvent::Failed { error });
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("ReloadingAcceptor")
+            .field("materials", &state.materials)
+            .field("detector", &state.source)
+            .field("generation", &state.generation)
+            .field("serial", &state.current.leaf().serial_hex())
+            .field("interval", &self.settings.interval)
+            .finish_non_exhaustive()
+    }
+}

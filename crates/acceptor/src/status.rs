@@ -1,0 +1,111 @@
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use futures::Stream;
+use tls_reload_build::{LeafInfo, Materials, Resumption};
+
+use crate::ReloadError;
+
+/// A snapshot of the reload state, for a status page or a health check.
+///
+/// Returned by [`ReloadingAcceptor::status`](crate::ReloadingAcceptor::status).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Status {
+    /// How many configs have been applied, the start-up one included (it is
+    /// generation 1).
+    pub generation: u64,
+    /// When the config now served was applied.
+    pub applied_at: SystemTime,
+    /// When the last reload (not the start-up load) was applied, if any.
+    pub last_reload_at: Option<SystemTime>,
+    /// Reloads applied since start-up.
+    pub reloads_applied: u64,
+    /// Reload failures since start-up. A failure that repeats with the same
+    /// cause on the same files counts once.
+    pub reloads_failed: u64,
+    /// The message of the last failure, if any (it stays after a later
+    /// success; compare `last_error_at` with `applied_at`).
+    pub last_error: Option<String>,
+    /// When the last failure happened.
+    pub last_error_at: Option<SystemTime>,
+    /// The certificate now served: serial, subject, validity, fingerprint.
+    pub leaf: LeafInfo,
+    /// The material paths in force.
+    pub materials: Materials,
+    /// The files read for the config now served.
+    pub files: Vec<PathBuf>,
+}
+
+/// Why a check did not lead to a build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// A build that finished after a newer one was applied (or after a manual
+    /// reload or reconfiguration began) was dropped.
+    Stale,
+    /// The files are those of a build that failed moments ago; it is retried
+    /// after the retry interval or as soon as anything moves.
+    KnownFailure,
+}
+
+/// What the reloader did, as seen by [`ReloadingAcceptor::events`](crate::ReloadingAcceptor::events).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ReloadEvent {
+    /// The watched files differ from the ones served.
+    Detected {
+        /// The paths that moved.
+        paths: Vec<PathBuf>,
+    },
+    /// A new config was built and is about to be applied.
+    Built {
+        /// The certificate it serves.
+        leaf: LeafInfo,
+        /// Whether sessions from the previous config still resume.
+        resumption: Resumption,
+    },
+    /// New handshakes now use a new config.
+    Applied {
+        /// Its generation (see [`Status::generation`]).
+        generation: u64,
+        /// The certificate it serves.
+        leaf: LeafInfo,
+        /// Whether it came from [`reload_now`](crate::ReloadingAcceptor::reload_now)
+        /// or a reconfiguration rather than the reloader.
+        manual: bool,
+    },
+    /// A reload failed; the last good config keeps serving. Reported once per
+    /// distinct cause and set of files.
+    Failed {
+        /// Why.
+        error: ReloadError,
+    },
+    /// A check did not lead to a build, or a build was not applied.
+    Skipped {
+        /// Why.
+        reason: SkipReason,
+    },
+}
+
+/// A stream of [`ReloadEvent`]s, from
+/// [`ReloadingAcceptor::events`](crate::ReloadingAcceptor::events).
+///
+/// It buffers a bounded number of events; a subscriber that does not keep up
+/// misses the newest ones rather than growing memory. It ends when the
+/// acceptor is dropped.
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct Events {
+    pub(crate) inner: Pin<Box<async_channel::Receiver<ReloadEvent>>>,
+}
+
+impl Stream for Events {
+    type Item = ReloadEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
