@@ -1,0 +1,315 @@
+//! Every way a build refuses the materials: the variant, and the file named.
+
+mod common;
+
+use std::path::Path;
+
+use common::{template, write, write_leaf, Ca};
+use rcgen::date_time_ymd;
+use tls_reload_build::{build_blocking, BuildError, Materials, Template};
+
+const JUNK_CERT: &str = "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n";
+const JUNK_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAECAwQ=\n-----END PRIVATE KEY-----\n";
+
+fn refuse(materials: &Materials, template: &Template) -> BuildError {
+    match build_blocking(materials, template, None) {
+        Ok(built) => panic!("expected a refusal, built {built:?}"),
+        Err(e) => e,
+    }
+}
+
+fn assert_names(err: &BuildError, path: &Path) {
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "{msg:?} does not name {}",
+        path.display()
+    );
+    assert_eq!(err.path(), Some(path));
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("root");
+    let (cert, key) = write_leaf(dir.path(), "tls", &ca.leaf());
+    Fixture { dir, ca, cert, key }
+}
+
+#[test]
+fn missing_cert_names_path_and_os_reason() {
+    let f = fixture();
+    let missing = f.dir.path().join("nope.crt");
+    let err = refuse(&Materials::new(&missing, &f.key), &template());
+    assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
+    assert_names(&err, &missing);
+    assert!(err.to_string().contains("No such file or directory"), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn missing_key_names_path() {
+    let f = fixture();
+    let missing = f.dir.path().join("nope.key");
+    let err = refuse(&Materials::new(&f.cert, &missing), &template());
+    assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
+    assert_names(&err, &missing);
+}
+
+#[test]
+fn file_over_the_cap() {
+    let f = fixture();
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key),
+        &template().max_file_size(64),
+    );
+    assert!(matches!(err, BuildError::TooLarge { cap: 64, .. }), "{err:?}");
+    assert_names(&err, &f.cert);
+}
+
+#[test]
+fn file_growing_past_the_cap_while_read() {
+    // /dev/zero reports a length of 0 and never ends: only the capped read stops it.
+    let f = fixture();
+    let zero = Path::new("/dev/zero");
+    let err = refuse(&Materials::new(zero, &f.key), &template());
+    assert!(matches!(err, BuildError::TooLarge { .. }), "{err:?}");
+    assert_names(&err, zero);
+}
+
+#[test]
+fn junk_that_is_not_pem() {
+    let f = fixture();
+    let junk = write(f.dir.path(), "junk.crt", "hello, world\n");
+    let err = refuse(&Materials::new(&junk, &f.key), &template());
+    assert!(matches!(err, BuildError::NotPem { .. }), "{err:?}");
+    assert_names(&err, &junk);
+}
+
+#[test]
+fn malformed_pem() {
+    let f = fixture();
+    let broken = write(
+        f.dir.path(),
+        "broken.key",
+        "-----BEGIN PRIVATE KEY-----\nAAECAwQ=\n",
+    );
+    let err = refuse(&Materials::new(&f.cert, &broken), &template());
+    assert!(matches!(err, BuildError::MalformedPem { .. }), "{err:?}");
+    assert_names(&err, &broken);
+}
+
+#[test]
+fn no_certificate_in_cert_file() {
+    let f = fixture();
+    let key_only = write(
+        f.dir.path(),
+        "keyonly.crt",
+        std::fs::read(&f.key).expect("read"),
+    );
+    let err = refuse(&Materials::new(&key_only, &f.key), &template());
+    assert!(matches!(err, BuildError::NoCertificate { .. }), "{err:?}");
+    assert_names(&err, &key_only);
+}
+
+#[test]
+fn no_private_key_in_key_file() {
+    let f = fixture();
+    let err = refuse(&Materials::new(&f.cert, &f.cert), &template());
+    assert!(matches!(err, BuildError::NoPrivateKey { .. }), "{err:?}");
+    assert_names(&err, &f.cert);
+}
+
+#[test]
+fn unusable_private_key() {
+    let f = fixture();
+    let junk = write(f.dir.path(), "junk.key", JUNK_KEY);
+    let err = refuse(&Materials::new(&f.cert, &junk), &template());
+    assert!(matches!(err, BuildError::BadPrivateKey { .. }), "{err:?}");
+    assert_names(&err, &junk);
+}
+
+#[test]
+fn leaf_that_is_not_x509() {
+    let f = fixture();
+    let junk = write(f.dir.path(), "junk.crt", JUNK_CERT);
+    let err = refuse(&Materials::new(&junk, &f.key), &template());
+    assert!(matches!(err, BuildError::BadCertificate { .. }), "{err:?}");
+    assert_names(&err, &junk);
+}
+
+#[test]
+fn key_does_not_match_certificate() {
+    let f = fixture();
+    let (_, other_key) = write_leaf(f.dir.path(), "other", &f.ca.leaf());
+    let err = refuse(&Materials::new(&f.cert, &other_key), &template());
+    assert!(matches!(err, BuildError::KeyMismatch { .. }), "{err:?}");
+    assert_names(&err, &other_key);
+    let msg = err.to_string();
+    assert!(msg.contains("key does not match certificate"), "{msg}");
+    assert!(msg.contains(&f.cert.display().to_string()), "{msg}");
+}
+
+#[test]
+fn expired_certificate_gives_dates() {
+    let f = fixture();
+    let mut params = common::leaf_params();
+    params.not_before = date_time_ymd(2019, 1, 1);
+    params.not_after = date_time_ymd(2020, 1, 2);
+    let leaf = f.ca.leaf_with(rcgen::KeyPair::generate().expect("key"), params);
+    let (cert, key) = write_leaf(f.dir.path(), "old", &leaf);
+
+    let err = refuse(&Materials::new(&cert, &key), &template());
+    assert!(matches!(err, BuildError::Expired { .. }), "{err:?}");
+    assert_names(&err, &cert);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("certificate expired at 2020-01-02T00:00:00Z (now 20"),
+        "{msg}"
+    );
+
+    let built = build_blocking(
+        &Materials::new(&cert, &key),
+        &template().check_validity(false),
+        None,
+    )
+    .expect("validity check off");
+    assert_eq!(
+        built.leaf().not_after,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_923_200)
+    );
+}
+
+#[test]
+fn certificate_not_yet_valid() {
+    let f = fixture();
+    let mut params = common::leaf_params();
+    params.not_before = date_time_ymd(2999, 1, 1);
+    params.not_after = date_time_ymd(3000, 1, 1);
+    let leaf = f.ca.leaf_with(rcgen::KeyPair::generate().expect("key"), params);
+    let (cert, key) = write_leaf(f.dir.path(), "future", &leaf);
+
+    let err = refuse(&Materials::new(&cert, &key), &template());
+    assert!(matches!(err, BuildError::NotYetValid { .. }), "{err:?}");
+    assert_names(&err, &cert);
+    let msg = err.to_string();
+    assert!(msg.contains("certificate not yet valid"), "{msg}");
+    assert!(msg.contains("2999-01-01T00:00:00Z"), "{msg}");
+    build_blocking(
+        &Materials::new(&cert, &key),
+        &template().check_validity(false),
+        None,
+    )
+    .expect("validity check off");
+}
+
+#[test]
+fn ca_bundle_without_usable_certificate() {
+    let f = fixture();
+    for (name, contents, found) in [("junk-ca.pem", JUNK_CERT, 1), ("key-ca.pem", JUNK_KEY, 0)] {
+        let ca = write(f.dir.path(), name, contents);
+        let err = refuse(
+            &Materials::new(&f.cert, &f.key).with_client_ca(&ca),
+            &template(),
+        );
+        assert!(
+            matches!(err, BuildError::NoUsableCa { found: n, .. } if n == found),
+            "{err:?}"
+        );
+        assert_names(&err, &ca);
+    }
+}
+
+#[test]
+fn ca_bundle_that_is_not_pem() {
+    let f = fixture();
+    let ca = write(f.dir.path(), "ca.der", f.ca.der());
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key).with_client_ca(&ca),
+        &template(),
+    );
+    assert!(matches!(err, BuildError::NotPem { .. }), "{err:?}");
+    assert_names(&err, &ca);
+}
+
+#[test]
+fn empty_ca_directory() {
+    let f = fixture();
+    let cas = f.dir.path().join("cas");
+    std::fs::create_dir_all(cas.join("subdir")).expect("mkdir");
+    write(&cas, ".hidden.pem", f.ca.pem());
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
+        &template(),
+    );
+    assert!(matches!(err, BuildError::EmptyCaDir { .. }), "{err:?}");
+    assert_names(&err, &cas);
+}
+
+#[test]
+fn missing_ca_directory() {
+    let f = fixture();
+    let cas = f.dir.path().join("nope");
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
+        &template(),
+    );
+    assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
+    assert_names(&err, &cas);
+}
+
+#[test]
+fn ca_directory_file_that_does_not_parse_is_named() {
+    let f = fixture();
+    let cas = f.dir.path().join("cas");
+    std::fs::create_dir(&cas).expect("mkdir");
+    write(&cas, "a.pem", f.ca.pem());
+    let junk = write(&cas, "b.txt", "not a certificate\n");
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
+        &template(),
+    );
+    assert!(matches!(err, BuildError::NotPem { .. }), "{err:?}");
+    assert_names(&err, &junk);
+
+    let no_cert = write(&cas, "b.txt", JUNK_KEY);
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
+        &template(),
+    );
+    assert!(matches!(err, BuildError::NoUsableCa { .. }), "{err:?}");
+    assert_names(&err, &no_cert);
+}
+
+#[test]
+fn dangling_symlink_in_ca_directory_is_named() {
+    let f = fixture();
+    let cas = f.dir.path().join("cas");
+    std::fs::create_dir(&cas).expect("mkdir");
+    write(&cas, "a.pem", f.ca.pem());
+    let link = cas.join("b.pem");
+    std::os::unix::fs::symlink(f.dir.path().join("gone.pem"), &link).expect("symlink");
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
+        &template(),
+    );
+    assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
+    assert_names(&err, &link);
+}
+
+#[test]
+fn protocol_versions_the_provider_cannot_serve() {
+    let f = fixture();
+    let err = refuse(
+        &Materials::new(&f.cert, &f.key),
+        &template().protocol_versions(&[]),
+    );
+    assert!(matches!(err, BuildError::Config { .. }), "{err:?}");
+    assert_eq!(err.path(), None);
+}
