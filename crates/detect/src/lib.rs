@@ -40,14 +40,17 @@
 //! | recreate with the same content after a delete  | no change     | change       | no change  |
 //! | symlink retargeted                             | change        | change       | change     |
 //! | Kubernetes `..data` swap                       | change        | change       | change     |
+//! | Kubernetes `..data` swap, directory watched    | change        | change       | change     |
 //! | directory: entry added                         | change        | change       | change     |
 //! | directory: entry removed                       | change        | change       | change     |
 //! | directory: entry rewritten in place            | change        | change       | change     |
+//! | directory: `.hidden` entry added               | no change     | change³      | no change  |
 //! | two writes of the same size in one mtime tick  | change        | no change¹   | change²    |
 //!
 //! ¹ Neither size nor timestamps moved: only reading the bytes can tell.
 //! ² Metadata younger than [`Combined::racy_window`] is not trusted, so the
 //! file is hashed again (git's answer to the same "racy clean" problem).
+//! ³ The directory's own metadata moved; the entry itself is not watched.
 //!
 //! # Costs and limits
 //!
