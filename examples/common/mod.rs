@@ -1,0 +1,168 @@
+//! What the example servers share: the command line (a contract used by
+//! other tools), logging, the reload report lines and the echo.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{Stream, StreamExt};
+use tls_reload::acceptor::{Builder, ReloadEvent, ReloadingAcceptor, TlsStream};
+use tls_reload::detect::Strategy;
+
+pub(crate) const USAGE: &str = "\
+usage: --cert FILE --key FILE [--client-ca FILE] [--client-ca-dir DIR] [--interval-ms N (default 1000)]
+       [--listen ADDR (default 127.0.0.1:8443; port 0 picks one)] [--detector hash|metadata|combined (default combined)]
+       [--handshake-timeout-ms N (default 10000)]";
+
+/// The parsed command line.
+#[derive(Debug)]
+pub(crate) struct Args {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) client_ca: Option<PathBuf>,
+    pub(crate) client_ca_dir: Option<PathBuf>,
+    pub(crate) interval: Duration,
+    pub(crate) listen: SocketAddr,
+    pub(crate) detector: Strategy,
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl Args {
+    /// Parses `std::env::args`, or returns the exit code after printing why.
+    pub(crate) fn from_env() -> Result<Self, ExitCode> {
+        Self::parse(std::env::args().skip(1)).map_err(|message| {
+            eprintln!("error: {message}\n{USAGE}");
+            ExitCode::from(2)
+        })
+    }
+
+    fn parse(args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let (mut cert, mut key, mut client_ca, mut client_ca_dir) = (None, None, None, None);
+        let mut interval = Duration::from_millis(1000);
+        let mut listen = "127.0.0.1:8443".to_owned();
+        let mut detector = Strategy::Combined;
+        let mut handshake_timeout = Duration::from_millis(10_000);
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => {
+                    (flag.to_owned(), Some(value.to_owned()))
+                }
+                _ => (arg, None),
+            };
+            if flag == "--help" || flag == "-h" {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            let millis = |text: String| {
+                text.parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| format!("{flag}: not a number of milliseconds: {text:?}"))
+            };
+            match flag.as_str() {
+                "--cert" => cert = Some(PathBuf::from(value()?)),
+                "--key" => key = Some(PathBuf::from(value()?)),
+                "--client-ca" => client_ca = Some(PathBuf::from(value()?)),
+                "--client-ca-dir" => client_ca_dir = Some(PathBuf::from(value()?)),
+                "--interval-ms" => interval = millis(value()?)?,
+                "--handshake-timeout-ms" => handshake_timeout = millis(value()?)?,
+                "--listen" => listen = value()?,
+                "--detector" => detector = value()?.parse().map_err(|e| format!("{e}"))?,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if interval.is_zero() {
+            return Err("--interval-ms must be at least 1".into());
+        }
+        let listen = listen
+            .to_socket_addrs()
+            .map_err(|e| format!("--listen {listen}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--listen {listen}: no address"))?;
+        Ok(Self {
+            cert: cert.ok_or("--cert is required")?,
+            key: key.ok_or("--key is required")?,
+            client_ca,
+            client_ca_dir,
+            interval,
+            listen,
+            detector,
+            handshake_timeout,
+        })
+    }
+
+    /// The acceptor these arguments describe; client certificates are
+    /// required when a client CA is given.
+    pub(crate) fn acceptor(&self) -> Builder {
+        let mut builder = ReloadingAcceptor::from_files(&self.cert, &self.key)
+            .interval(self.interval)
+            .strategy(self.detector)
+            .handshake_timeout(self.handshake_timeout);
+        if let Some(file) = &self.client_ca {
+            builder = builder.client_ca(file);
+        }
+        if let Some(dir) = &self.client_ca_dir {
+            builder = builder.client_ca_dir(dir);
+        }
+        builder
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Prints a line to stdout and flushes it: other programs wait for these.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+/// Prints one stdout line per applied or failed reload.
+pub(crate) async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> + Unpin) {
+    while let Some(event) = events.next().await {
+        match event {
+            ReloadEvent::Applied {
+                generation, leaf, ..
+            } => say(format_args!(
+                "reload applied generation={generation} serial={}",
+                leaf.serial_hex()
+            )),
+            ReloadEvent::Failed { error } => say(format_args!("reload failed: {error}")),
+            _ => {}
+        }
+    }
+}
+
+/// Echoes what the client sends until it closes its side.
+pub(crate) async fn echo<IO>(tls: TlsStream<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tls.split();
+    let result = async {
+        futures::io::copy(&mut reader, &mut writer).await?;
+        writer.close().await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended");
+    }
+}
