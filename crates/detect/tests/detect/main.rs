@@ -1,4 +1,7 @@
 //! Behaviour of the detectors on real files in a temp dir.
 
+mod limits;
+mod stream;
 mod support;
 mod table;
+mod watcher;

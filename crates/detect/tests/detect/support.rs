@@ -238,3 +238,8 @@ pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> T 
     };
     smol::future::or(future, timeout).await
 }
+
+/// `smol::block_on` for a test body that returns a [`TestResult`].
+pub(crate) fn block_on(body: impl Future<Output = TestResult>) -> TestResult {
+    smol::block_on(body)
+}
