@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use futures::future::BoxFuture;
 use rustls::ServerConfig;
 use tls_reload_build::{Built, Materials, Template};
-use tls_reload_detect::{Composite, Detector, Fingerprint, Strategy, DEFAULT_MAX_FILE_SIZE};
+use tls_reload_detect::{Composite, Detector, Fingerprint, Strategy};
 
 use crate::{ReloadError, ReloadEvent, Reloaded, SkipReason, Status};
 
@@ -24,12 +25,12 @@ pub(crate) enum DetectorSource {
 }
 
 impl DetectorSource {
-    pub(crate) fn make(&self, materials: &Materials) -> Arc<dyn Detector> {
+    pub(crate) fn make(&self, materials: &Materials, template: &Template) -> Arc<dyn Detector> {
         match self {
             Self::Strategy(strategy) => Arc::new(Composite::from_paths_with_limit(
                 *strategy,
                 materials.paths(),
-                DEFAULT_MAX_FILE_SIZE,
+                template.file_size_limit(),
             )),
             Self::Fixed(detector) => detector.clone(),
             Self::Factory(factory) => Arc::from(factory(materials)),
@@ -59,7 +60,12 @@ pub(crate) struct Settings {
     pub(crate) interval: Duration,
     pub(crate) retry_interval: Duration,
     pub(crate) handshake_timeout: Option<Duration>,
+    /// Awaited between a background build and its apply (a test hook).
+    pub(crate) before_background_apply: Option<Hook>,
 }
+
+/// See [`Builder::before_background_apply`](crate::Builder::before_background_apply).
+pub(crate) type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 pub(crate) struct Shared {
     /// What new handshakes use: loaded once per accept.
@@ -113,7 +119,7 @@ pub(crate) struct Start {
 impl Shared {
     /// Builds the first config, failing fast.
     pub(crate) async fn start(start: Start) -> Result<Arc<Self>, tls_reload_build::BuildError> {
-        let detector = start.source.make(&start.materials);
+        let detector = start.source.make(&start.materials, &start.template);
         // Fingerprint before reading: a change in between costs one more
         // reload later, never a missed one.
         let committed = match detector.fingerprint().await {
@@ -129,7 +135,7 @@ impl Shared {
 
     /// Builds the first config on the current thread, failing fast.
     pub(crate) fn start_blocking(start: Start) -> Result<Arc<Self>, tls_reload_build::BuildError> {
-        let detector = start.source.make(&start.materials);
+        let detector = start.source.make(&start.materials, &start.template);
         let committed = futures::executor::block_on(detector.fingerprint()).ok();
         let built = tls_reload_build::build_blocking(&start.materials, &start.template, None)?;
         Ok(Self::new(start, detector, committed, built))
@@ -307,7 +313,7 @@ impl Shared {
             }
             match reconfigure {
                 Some((materials, template)) => {
-                    let detector = state.source.make(&materials);
+                    let detector = state.source.make(&materials, &template);
                     (materials, template, state.current.clone(), Some(detector))
                 }
                 None => (
@@ -342,6 +348,9 @@ impl Shared {
             leaf: built.leaf().clone(),
             resumption: built.resumption(),
         });
+        if let (false, Some(hook)) = (manual, &self.settings.before_background_apply) {
+            hook().await;
+        }
         if let Some(detector) = detector {
             let mut state = self.state();
             if ticket < state.min_ticket {

@@ -40,6 +40,28 @@ impl LeafInfo {
         hex(&self.sha256)
     }
 
+    /// Describes a DER certificate, such as one a peer presented.
+    ///
+    /// ```
+    /// # let key = rcgen::KeyPair::generate().unwrap();
+    /// # let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    /// let leaf = tls_reload_build::LeafInfo::from_der(cert.der()).unwrap();
+    /// assert_eq!(leaf.subject, "CN=rcgen self signed cert");
+    /// ```
+    pub fn from_der(der: &[u8]) -> Result<Self, BuildError> {
+        Self::parse(Path::new("<DER certificate>"), der)
+    }
+
+    /// The start of the validity period as RFC 3339 UTC, `2026-01-01T00:00:00Z`.
+    pub fn not_before_rfc3339(&self) -> String {
+        Rfc3339(self.not_before).to_string()
+    }
+
+    /// The end of the validity period as RFC 3339 UTC, `2026-01-01T00:00:00Z`.
+    pub fn not_after_rfc3339(&self) -> String {
+        Rfc3339(self.not_after).to_string()
+    }
+
     /// Parses the leaf certificate read from `path`.
     pub(crate) fn parse(path: &Path, der: &[u8]) -> Result<Self, BuildError> {
         let bad = |reason: String| BuildError::BadCertificate {

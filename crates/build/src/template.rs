@@ -103,6 +103,12 @@ impl Template {
         self
     }
 
+    /// The cap set by [`max_file_size`](Template::max_file_size): a reloader
+    /// watching these files should read no more.
+    pub fn file_size_limit(&self) -> u64 {
+        self.max_file_size
+    }
+
     /// Whether to issue stateless session tickets, encrypted with the ticketer of
     /// the enabled provider feature (`ring`, else `aws-lc-rs`). Default: off;
     /// stateful resumption through the session cache works either way.
