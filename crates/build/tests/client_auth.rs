@@ -3,50 +3,21 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use common::{client_config, handshake, template, write, write_leaf, Ca};
-use rustls::ServerConfig;
+use common::{template, write, Ca, Fixture};
 use tls_reload_build::{build_blocking, Built, ClientAuth, Materials, Resumption, Template};
 
-struct Setup {
-    dir: tempfile::TempDir,
-    server_ca: Ca,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server_ca = Ca::new("server root");
-    let (cert, key) = write_leaf(dir.path(), "tls", &server_ca.leaf());
-    Setup {
-        dir,
-        server_ca,
-        cert,
-        key,
-    }
-}
-
-impl Setup {
-    fn build(&self, materials: &Materials, template: &Template, previous: Option<&Built>) -> Built {
-        build_blocking(materials, template, previous).expect("build")
-    }
-
-    /// Whether a client with a certificate from `client_ca` (or none) gets in.
-    fn admits(&self, config: &Arc<ServerConfig>, client_ca: Option<&Ca>) -> bool {
-        let leaf = client_ca.map(Ca::leaf);
-        handshake(config, &client_config(&self.server_ca, leaf.as_ref())).is_ok()
-    }
+fn build(materials: &Materials, template: &Template, previous: Option<&Built>) -> Built {
+    build_blocking(materials, template, previous).expect("build")
 }
 
 #[test]
 fn bundle_trusts_every_root_not_just_the_first() {
-    let s = setup();
+    let s = Fixture::new();
     let (first, second, stranger) = (Ca::new("first"), Ca::new("second"), Ca::new("stranger"));
     let bundle = write(s.dir.path(), "ca.pem", first.pem() + &second.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca(&bundle);
-    let built = s.build(&materials, &template(), None);
+    let built = build(&materials, &template(), None);
 
     assert!(s.admits(built.config(), Some(&second)));
     assert!(s.admits(built.config(), Some(&first)));
@@ -57,11 +28,11 @@ fn bundle_trusts_every_root_not_just_the_first() {
 
 #[test]
 fn optional_client_auth_admits_anonymous_but_not_strangers() {
-    let s = setup();
+    let s = Fixture::new();
     let ca = Ca::new("clients");
     let bundle = write(s.dir.path(), "ca.pem", ca.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca(&bundle);
-    let built = s.build(
+    let built = build(
         &materials,
         &template().client_auth(ClientAuth::Optional),
         None,
@@ -73,8 +44,8 @@ fn optional_client_auth_admits_anonymous_but_not_strangers() {
 
 #[test]
 fn without_client_cas_no_certificate_is_asked_for() {
-    let s = setup();
-    let built = s.build(
+    let s = Fixture::new();
+    let built = build(
         &Materials::new(&s.cert, &s.key),
         &template().client_auth(ClientAuth::Required),
         None,
@@ -84,12 +55,12 @@ fn without_client_cas_no_certificate_is_asked_for() {
 
 #[test]
 fn bundle_with_some_unusable_certificates_keeps_the_good_ones() {
-    let s = setup();
+    let s = Fixture::new();
     let ca = Ca::new("clients");
     let junk = "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n";
     let bundle = write(s.dir.path(), "ca.pem", junk.to_owned() + &ca.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca(&bundle);
-    let built = s.build(&materials, &template(), None);
+    let built = build(&materials, &template(), None);
     assert!(s.admits(built.config(), Some(&ca)));
 }
 
@@ -101,19 +72,19 @@ fn ca_dir(root: &Path) -> std::path::PathBuf {
 
 #[test]
 fn ca_directory_follows_added_and_rewritten_files() {
-    let s = setup();
+    let s = Fixture::new();
     let (a, b, c) = (Ca::new("a"), Ca::new("b"), Ca::new("c"));
     let cas = ca_dir(s.dir.path());
     let a_file = write(&cas, "a.pem", a.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca_dir(&cas);
 
-    let first = s.build(&materials, &template(), None);
+    let first = build(&materials, &template(), None);
     assert!(s.admits(first.config(), Some(&a)));
     assert!(!s.admits(first.config(), Some(&b)));
 
     // Adding a file trusts its CA.
     let b_file = write(&cas, "b.pem", b.pem());
-    let second = s.build(&materials, &template(), Some(&first));
+    let second = build(&materials, &template(), Some(&first));
     assert!(s.admits(second.config(), Some(&a)));
     assert!(s.admits(second.config(), Some(&b)));
     assert_eq!(second.resumption(), Resumption::Fresh);
@@ -124,19 +95,19 @@ fn ca_directory_follows_added_and_rewritten_files() {
 
     // Rewriting a file in place replaces its CA.
     write(&cas, "a.pem", c.pem());
-    let third = s.build(&materials, &template(), Some(&second));
+    let third = build(&materials, &template(), Some(&second));
     assert!(!s.admits(third.config(), Some(&a)));
     assert!(s.admits(third.config(), Some(&c)));
     assert_eq!(third.resumption(), Resumption::Fresh);
 
     // Nothing changed: the trust is the same.
-    let fourth = s.build(&materials, &template(), Some(&third));
+    let fourth = build(&materials, &template(), Some(&third));
     assert_eq!(fourth.resumption(), Resumption::Kept);
 }
 
 #[test]
 fn ca_directory_skips_hidden_files_and_subdirectories_and_follows_symlinks() {
-    let s = setup();
+    let s = Fixture::new();
     let (hidden, nested, linked) = (Ca::new("hidden"), Ca::new("nested"), Ca::new("linked"));
     let cas = ca_dir(s.dir.path());
     write(&cas, ".hidden.pem", hidden.pem());
@@ -146,7 +117,7 @@ fn ca_directory_skips_hidden_files_and_subdirectories_and_follows_symlinks() {
     std::os::unix::fs::symlink(&target, cas.join("linked.pem")).expect("symlink");
 
     let materials = Materials::new(&s.cert, &s.key).with_client_ca_dir(&cas);
-    let built = s.build(&materials, &template(), None);
+    let built = build(&materials, &template(), None);
     assert!(s.admits(built.config(), Some(&linked)));
     assert!(!s.admits(built.config(), Some(&hidden)));
     assert!(!s.admits(built.config(), Some(&nested)));
@@ -155,7 +126,7 @@ fn ca_directory_skips_hidden_files_and_subdirectories_and_follows_symlinks() {
 
 #[test]
 fn ca_file_and_directory_together() {
-    let s = setup();
+    let s = Fixture::new();
     let (in_file, in_dir) = (Ca::new("file"), Ca::new("dir"));
     let bundle = write(s.dir.path(), "ca.pem", in_file.pem());
     let cas = ca_dir(s.dir.path());
@@ -163,7 +134,7 @@ fn ca_file_and_directory_together() {
     let materials = Materials::new(&s.cert, &s.key)
         .with_client_ca(&bundle)
         .with_client_ca_dir(&cas);
-    let built = s.build(&materials, &template(), None);
+    let built = build(&materials, &template(), None);
     assert!(s.admits(built.config(), Some(&in_file)));
     assert!(s.admits(built.config(), Some(&in_dir)));
 }
@@ -171,7 +142,7 @@ fn ca_file_and_directory_together() {
 #[test]
 fn fails_closed_when_the_trust_cannot_be_built() {
     // Each broken trust is an error: never a config that skips client verification.
-    let s = setup();
+    let s = Fixture::new();
     let cas = ca_dir(s.dir.path());
     let unusable = write(
         s.dir.path(),

@@ -8,7 +8,7 @@ use std::process::Command;
 use common::{client_config, handshake, openssl, template, write, write_leaf, Ca};
 use rcgen::{KeyPair, SerialNumber};
 use sha2::{Digest, Sha256};
-use tls_reload_build::{build, build_blocking, BuildError, Materials, Resumption};
+use tls_reload_build::{build, build_blocking, BuildError, Built, Materials, Resumption};
 
 #[test]
 fn pkcs8_ecdsa_p256_serves_a_handshake() {
@@ -38,7 +38,16 @@ fn openssl_cert(dir: &Path, key: &str, cert: &str) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-new", "-key", key, "-subj", "/CN=localhost", "-days", "2", "-out",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key,
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+            "-out",
             cert,
         ],
     );
@@ -51,7 +60,9 @@ fn rsa_pkcs1_and_pkcs8() {
     openssl(d, &["genrsa", "-traditional", "-out", "rsa1.key", "2048"]);
     openssl(
         d,
-        &["pkcs8", "-topk8", "-nocrypt", "-in", "rsa1.key", "-out", "rsa8.key"],
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "rsa1.key", "-out", "rsa8.key",
+        ],
     );
     openssl_cert(d, "rsa1.key", "rsa.crt");
     let pkcs1 = std::fs::read_to_string(d.join("rsa1.key")).expect("read");
@@ -84,7 +95,13 @@ fn sec1_ec_key() {
     openssl(
         d,
         &[
-            "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.key",
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.key",
         ],
     );
     openssl_cert(d, "ec.key", "ec.crt");
@@ -143,11 +160,21 @@ fn leaf_info_matches_openssl() {
     assert_eq!(info.serial, [0x8a, 0x00, 0x01]);
     assert_eq!(info.serial_hex(), "8a0001");
     assert_eq!(info.subject, "CN=localhost");
-    assert_eq!(info.sha256, <[u8; 32]>::from(Sha256::digest(leaf.cert.der())));
+    assert_eq!(
+        info.sha256,
+        <[u8; 32]>::from(Sha256::digest(leaf.cert.der()))
+    );
     assert!(info.not_before < info.not_after);
 
     let out = Command::new("openssl")
-        .args(["x509", "-noout", "-serial", "-fingerprint", "-sha256", "-in"])
+        .args([
+            "x509",
+            "-noout",
+            "-serial",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+        ])
         .arg(&cert)
         .output()
         .expect("openssl");
@@ -156,7 +183,12 @@ fn leaf_info_matches_openssl() {
         out.contains(&format!("serial={}", info.serial_hex())),
         "{out}"
     );
-    let fingerprint = out.split('=').next_back().expect("=").trim().replace(':', "");
+    let fingerprint = out
+        .split('=')
+        .next_back()
+        .expect("=")
+        .trim()
+        .replace(':', "");
     assert_eq!(fingerprint, info.sha256_hex());
 
     assert_eq!(built.files(), [cert, key]);
@@ -217,4 +249,16 @@ fn configure_has_the_last_word() {
 fn template_from_default_provider() {
     let template = tls_reload_build::Template::from_default_provider().expect("ring feature");
     assert!(!template.provider().cipher_suites.is_empty());
+}
+
+#[test]
+fn built_and_the_async_build_can_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let materials = Materials::new("tls.crt", "tls.key");
+    let template = template();
+    send(&build(&materials, &template, None));
+    send_sync(&materials);
+    send_sync(&template);
+    let _ = |built: Built| send_sync(&built);
 }

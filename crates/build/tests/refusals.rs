@@ -4,8 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{template, write, write_leaf, Ca};
-use rcgen::date_time_ymd;
+use common::{template, write, write_leaf, Fixture};
 use tls_reload_build::{build_blocking, BuildError, Materials, Template};
 
 const JUNK_CERT: &str = "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n";
@@ -28,34 +27,23 @@ fn assert_names(err: &BuildError, path: &Path) {
     assert_eq!(err.path(), Some(path));
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    ca: Ca,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new("root");
-    let (cert, key) = write_leaf(dir.path(), "tls", &ca.leaf());
-    Fixture { dir, ca, cert, key }
-}
-
 #[test]
 fn missing_cert_names_path_and_os_reason() {
-    let f = fixture();
+    let f = Fixture::new();
     let missing = f.dir.path().join("nope.crt");
     let err = refuse(&Materials::new(&missing, &f.key), &template());
     assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
     assert_names(&err, &missing);
-    assert!(err.to_string().contains("No such file or directory"), "{err}");
+    assert!(
+        err.to_string().contains("No such file or directory"),
+        "{err}"
+    );
     assert!(std::error::Error::source(&err).is_some());
 }
 
 #[test]
 fn missing_key_names_path() {
-    let f = fixture();
+    let f = Fixture::new();
     let missing = f.dir.path().join("nope.key");
     let err = refuse(&Materials::new(&f.cert, &missing), &template());
     assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
@@ -64,19 +52,22 @@ fn missing_key_names_path() {
 
 #[test]
 fn file_over_the_cap() {
-    let f = fixture();
+    let f = Fixture::new();
     let err = refuse(
         &Materials::new(&f.cert, &f.key),
         &template().max_file_size(64),
     );
-    assert!(matches!(err, BuildError::TooLarge { cap: 64, .. }), "{err:?}");
+    assert!(
+        matches!(err, BuildError::TooLarge { cap: 64, .. }),
+        "{err:?}"
+    );
     assert_names(&err, &f.cert);
 }
 
 #[test]
 fn file_growing_past_the_cap_while_read() {
     // /dev/zero reports a length of 0 and never ends: only the capped read stops it.
-    let f = fixture();
+    let f = Fixture::new();
     let zero = Path::new("/dev/zero");
     let err = refuse(&Materials::new(zero, &f.key), &template());
     assert!(matches!(err, BuildError::TooLarge { .. }), "{err:?}");
@@ -85,7 +76,7 @@ fn file_growing_past_the_cap_while_read() {
 
 #[test]
 fn junk_that_is_not_pem() {
-    let f = fixture();
+    let f = Fixture::new();
     let junk = write(f.dir.path(), "junk.crt", "hello, world\n");
     let err = refuse(&Materials::new(&junk, &f.key), &template());
     assert!(matches!(err, BuildError::NotPem { .. }), "{err:?}");
@@ -94,7 +85,7 @@ fn junk_that_is_not_pem() {
 
 #[test]
 fn malformed_pem() {
-    let f = fixture();
+    let f = Fixture::new();
     let broken = write(
         f.dir.path(),
         "broken.key",
@@ -107,7 +98,7 @@ fn malformed_pem() {
 
 #[test]
 fn no_certificate_in_cert_file() {
-    let f = fixture();
+    let f = Fixture::new();
     let key_only = write(
         f.dir.path(),
         "keyonly.crt",
@@ -120,7 +111,7 @@ fn no_certificate_in_cert_file() {
 
 #[test]
 fn no_private_key_in_key_file() {
-    let f = fixture();
+    let f = Fixture::new();
     let err = refuse(&Materials::new(&f.cert, &f.cert), &template());
     assert!(matches!(err, BuildError::NoPrivateKey { .. }), "{err:?}");
     assert_names(&err, &f.cert);
@@ -128,7 +119,7 @@ fn no_private_key_in_key_file() {
 
 #[test]
 fn unusable_private_key() {
-    let f = fixture();
+    let f = Fixture::new();
     let junk = write(f.dir.path(), "junk.key", JUNK_KEY);
     let err = refuse(&Materials::new(&f.cert, &junk), &template());
     assert!(matches!(err, BuildError::BadPrivateKey { .. }), "{err:?}");
@@ -137,7 +128,7 @@ fn unusable_private_key() {
 
 #[test]
 fn leaf_that_is_not_x509() {
-    let f = fixture();
+    let f = Fixture::new();
     let junk = write(f.dir.path(), "junk.crt", JUNK_CERT);
     let err = refuse(&Materials::new(&junk, &f.key), &template());
     assert!(matches!(err, BuildError::BadCertificate { .. }), "{err:?}");
@@ -146,7 +137,7 @@ fn leaf_that_is_not_x509() {
 
 #[test]
 fn key_does_not_match_certificate() {
-    let f = fixture();
+    let f = Fixture::new();
     let (_, other_key) = write_leaf(f.dir.path(), "other", &f.ca.leaf());
     let err = refuse(&Materials::new(&f.cert, &other_key), &template());
     assert!(matches!(err, BuildError::KeyMismatch { .. }), "{err:?}");
@@ -158,12 +149,8 @@ fn key_does_not_match_certificate() {
 
 #[test]
 fn expired_certificate_gives_dates() {
-    let f = fixture();
-    let mut params = common::leaf_params();
-    params.not_before = date_time_ymd(2019, 1, 1);
-    params.not_after = date_time_ymd(2020, 1, 2);
-    let leaf = f.ca.leaf_with(rcgen::KeyPair::generate().expect("key"), params);
-    let (cert, key) = write_leaf(f.dir.path(), "old", &leaf);
+    let f = Fixture::new();
+    let (cert, key) = f.write_leaf_valid("old", (2019, 1, 1), (2020, 1, 2));
 
     let err = refuse(&Materials::new(&cert, &key), &template());
     assert!(matches!(err, BuildError::Expired { .. }), "{err:?}");
@@ -188,12 +175,8 @@ fn expired_certificate_gives_dates() {
 
 #[test]
 fn certificate_not_yet_valid() {
-    let f = fixture();
-    let mut params = common::leaf_params();
-    params.not_before = date_time_ymd(2999, 1, 1);
-    params.not_after = date_time_ymd(3000, 1, 1);
-    let leaf = f.ca.leaf_with(rcgen::KeyPair::generate().expect("key"), params);
-    let (cert, key) = write_leaf(f.dir.path(), "future", &leaf);
+    let f = Fixture::new();
+    let (cert, key) = f.write_leaf_valid("future", (2999, 1, 1), (3000, 1, 1));
 
     let err = refuse(&Materials::new(&cert, &key), &template());
     assert!(matches!(err, BuildError::NotYetValid { .. }), "{err:?}");
@@ -211,7 +194,7 @@ fn certificate_not_yet_valid() {
 
 #[test]
 fn ca_bundle_without_usable_certificate() {
-    let f = fixture();
+    let f = Fixture::new();
     for (name, contents, found) in [("junk-ca.pem", JUNK_CERT, 1), ("key-ca.pem", JUNK_KEY, 0)] {
         let ca = write(f.dir.path(), name, contents);
         let err = refuse(
@@ -228,7 +211,7 @@ fn ca_bundle_without_usable_certificate() {
 
 #[test]
 fn ca_bundle_that_is_not_pem() {
-    let f = fixture();
+    let f = Fixture::new();
     let ca = write(f.dir.path(), "ca.der", f.ca.der());
     let err = refuse(
         &Materials::new(&f.cert, &f.key).with_client_ca(&ca),
@@ -240,7 +223,7 @@ fn ca_bundle_that_is_not_pem() {
 
 #[test]
 fn empty_ca_directory() {
-    let f = fixture();
+    let f = Fixture::new();
     let cas = f.dir.path().join("cas");
     std::fs::create_dir_all(cas.join("subdir")).expect("mkdir");
     write(&cas, ".hidden.pem", f.ca.pem());
@@ -254,7 +237,7 @@ fn empty_ca_directory() {
 
 #[test]
 fn missing_ca_directory() {
-    let f = fixture();
+    let f = Fixture::new();
     let cas = f.dir.path().join("nope");
     let err = refuse(
         &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
@@ -266,7 +249,7 @@ fn missing_ca_directory() {
 
 #[test]
 fn ca_directory_file_that_does_not_parse_is_named() {
-    let f = fixture();
+    let f = Fixture::new();
     let cas = f.dir.path().join("cas");
     std::fs::create_dir(&cas).expect("mkdir");
     write(&cas, "a.pem", f.ca.pem());
@@ -289,7 +272,7 @@ fn ca_directory_file_that_does_not_parse_is_named() {
 
 #[test]
 fn dangling_symlink_in_ca_directory_is_named() {
-    let f = fixture();
+    let f = Fixture::new();
     let cas = f.dir.path().join("cas");
     std::fs::create_dir(&cas).expect("mkdir");
     write(&cas, "a.pem", f.ca.pem());
@@ -305,7 +288,7 @@ fn dangling_symlink_in_ca_directory_is_named() {
 
 #[test]
 fn protocol_versions_the_provider_cannot_serve() {
-    let f = fixture();
+    let f = Fixture::new();
     let err = refuse(
         &Materials::new(&f.cert, &f.key),
         &template().protocol_versions(&[]),

@@ -86,7 +86,9 @@ impl Ca {
 
 pub fn leaf_params() -> CertificateParams {
     let mut params = CertificateParams::new(vec!["localhost".into()]).expect("params");
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     params
 }
 
@@ -101,6 +103,44 @@ impl Leaf {
 
     pub fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.serialize_der().into())
+    }
+}
+
+/// A temp dir holding a valid pair `tls.crt` / `tls.key` issued by `ca`.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("server root");
+        let (cert, key) = write_leaf(dir.path(), "tls", &ca.leaf());
+        Self { dir, ca, cert, key }
+    }
+
+    /// Writes a pair `name.crt` / `name.key` valid between the two dates.
+    pub fn write_leaf_valid(
+        &self,
+        name: &str,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> (PathBuf, PathBuf) {
+        let mut params = leaf_params();
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let leaf = self.ca.leaf_with(KeyPair::generate().expect("key"), params);
+        write_leaf(self.dir.path(), name, &leaf)
+    }
+
+    /// Whether a client trusting `ca`, with a certificate from `client_ca`
+    /// (or none), completes a handshake with `config`.
+    pub fn admits(&self, config: &Arc<ServerConfig>, client_ca: Option<&Ca>) -> bool {
+        let leaf = client_ca.map(Ca::leaf);
+        handshake(config, &client_config(&self.ca, leaf.as_ref())).is_ok()
     }
 }
 
@@ -167,6 +207,21 @@ pub fn handshake(
     client
         .handshake_kind()
         .ok_or_else(|| rustls::Error::General("no handshake kind".into()))
+}
+
+/// Asserts the kinds of successive handshakes of one client.
+pub fn assert_handshakes(
+    server: &Arc<ServerConfig>,
+    client: &Arc<ClientConfig>,
+    expected: &[HandshakeKind],
+) {
+    for (i, kind) in expected.iter().enumerate() {
+        assert_eq!(
+            handshake(server, client).expect("handshake"),
+            *kind,
+            "handshake {i}"
+        );
+    }
 }
 
 fn transfer(from: &mut Connection, to: &mut Connection) -> Result<bool, rustls::Error> {
