@@ -13,6 +13,9 @@ use tls_reload_detect::{Composite, Detector, Fingerprint, Strategy};
 
 use crate::{ReloadError, ReloadEvent, Reloaded, SkipReason, Status};
 
+/// Makes a detector for a set of materials.
+pub(crate) type DetectorFactory = dyn Fn(&Materials) -> Box<dyn Detector> + Send + Sync;
+
 /// Where the reloader's detector comes from.
 #[derive(Clone)]
 pub(crate) enum DetectorSource {
@@ -21,7 +24,7 @@ pub(crate) enum DetectorSource {
     /// One detector, whatever the paths.
     Fixed(Arc<dyn Detector>),
     /// A detector made from the materials, anew when they change.
-    Factory(Arc<dyn Fn(&Materials) -> Box<dyn Detector> + Send + Sync>),
+    Factory(Arc<DetectorFactory>),
 }
 
 impl DetectorSource {
