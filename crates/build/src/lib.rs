@@ -78,5 +78,6 @@ pub use leaf::LeafInfo;
 pub use materials::Materials;
 pub use template::{ClientAuth, Template};
 
-/// The default cap on the size of each file a build reads: 1 MiB.
-pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 20;
+/// How many bytes a build reads from one file at most: 1 MiB, the same cap
+/// as the detectors'.
+pub use tls_reload_detect::DEFAULT_MAX_FILE_SIZE;
