@@ -57,6 +57,7 @@ impl ReloadingAcceptor {
                 interval: DEFAULT_INTERVAL,
                 retry_interval: DEFAULT_RETRY_INTERVAL,
                 handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+                before_background_apply: None,
             },
         }
     }
@@ -261,6 +262,21 @@ impl Builder {
         factory: impl Fn(&Materials) -> Box<dyn Detector> + Send + Sync + 'static,
     ) -> Self {
         self.source = DetectorSource::Factory(Arc::new(factory));
+        self
+    }
+
+    /// Awaits `hook` after every successful background build, before the
+    /// result is applied. A test hook, not API: it lets a test hold a build
+    /// in flight while a manual reload overtakes it.
+    #[doc(hidden)]
+    pub fn before_background_apply<F>(
+        mut self,
+        hook: impl Fn() -> F + Send + Sync + 'static,
+    ) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.settings.before_background_apply = Some(Arc::new(move || hook().boxed()));
         self
     }
 
