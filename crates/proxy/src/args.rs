@@ -1,0 +1,459 @@
+//! The command line: flags, defaults, durations and the help text. The flags
+//! and their meaning are a contract other tools rely on.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tls_reload_acceptor::{Builder, ReloadingAcceptor};
+
+/// One line on how to call the proxy, printed after an argument error.
+pub(crate) const USAGE: &str = "\
+usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
+                        [--client-ca FILE] [--client-ca-dir DIR] [--interval DURATION]
+                        [--status ADDR] [--max-connections N] [--handshake-timeout DURATION]
+                        [--connect-timeout DURATION] [--drain-timeout DURATION] [--threads N]
+       tls-reload-proxy --help";
+
+/// What `--help` prints.
+pub(crate) const HELP: &str = "\
+tls-reload-proxy: terminates TLS and forwards the plaintext to a TCP target.
+The certificate, key and client CAs are re-read when they change on disk
+(and on SIGHUP); open connections keep going, new ones get the new files.
+
+usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE [options]
+
+required:
+  --listen ADDR              address to accept TLS on, e.g. 0.0.0.0:6380
+                             (port 0 picks a free port; the real one is printed)
+  --target HOST:PORT         plaintext TCP service to forward to, e.g. 127.0.0.1:6379;
+                             a host name is resolved for every connection
+  --cert FILE                PEM certificate chain, leaf first
+  --key FILE                 PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1)
+
+options:
+  --client-ca FILE           require client certificates signed by a CA in this
+                             PEM bundle (every certificate in it is trusted)
+  --client-ca-dir DIR        require client certificates signed by a CA in one of
+                             this directory's files (combines with --client-ca)
+  --interval DURATION        how often the files are checked for changes [default: 1s]
+  --status ADDR              serve plain HTTP on ADDR: GET /status (JSON) and
+                             GET /metrics (Prometheus text format)
+  --max-connections N        most client connections open at once, handshakes
+                             included; beyond it new connections wait in the
+                             listen backlog until one closes [default: 10000]
+  --handshake-timeout DURATION
+                             time a client has to finish the TLS handshake [default: 10s]
+  --connect-timeout DURATION time to connect to the target; the client is closed
+                             when it runs out or the target refuses [default: 5s]
+  --drain-timeout DURATION   on SIGTERM or SIGINT, how long open connections may
+                             go on before the proxy exits anyway [default: 30s]
+  --threads N                worker threads [default: number of CPUs]
+  -h, --help                 print this help and exit
+
+DURATION is a whole number with a unit: 500ms, 5s, 1m, 1h.
+
+output:
+  stdout gets one line per event other programs may wait for:
+    listening on IP:PORT
+    status on IP:PORT                      (with --status)
+    reload applied generation=N serial=HEX
+    reload failed: MESSAGE
+  logs go to stderr; RUST_LOG sets the level [default: info].
+
+signals:
+  SIGHUP             reload the files now and log the result
+  SIGTERM, SIGINT    stop accepting, let open connections finish within
+                     --drain-timeout, exit 0 (a second signal exits at once)
+
+exit status: 0 after a signal, 1 when the files or addresses cannot be used
+at start-up, 2 on bad arguments.";
+
+/// The parsed command line.
+#[derive(Clone, Debug)]
+pub(crate) struct Args {
+    /// Where TLS clients connect.
+    pub(crate) listen: SocketAddr,
+    /// Where the plaintext goes.
+    pub(crate) target: Target,
+    /// The certificate chain file.
+    pub(crate) cert: PathBuf,
+    /// The private key file.
+    pub(crate) key: PathBuf,
+    /// A client CA bundle, for mTLS.
+    pub(crate) client_ca: Option<PathBuf>,
+    /// A directory of client CAs, for mTLS.
+    pub(crate) client_ca_dir: Option<PathBuf>,
+    /// How often the files are checked.
+    pub(crate) interval: Duration,
+    /// Where the status page listens, if anywhere.
+    pub(crate) status: Option<SocketAddr>,
+    /// The most client connections open at once.
+    pub(crate) max_connections: usize,
+    /// The bound on each TLS handshake.
+    pub(crate) handshake_timeout: Duration,
+    /// The bound on connecting to the target.
+    pub(crate) connect_timeout: Duration,
+    /// How long connections may go on after SIGTERM.
+    pub(crate) drain_timeout: Duration,
+    /// How many threads run the executor.
+    pub(crate) threads: usize,
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug)]
+pub(crate) enum Command {
+    /// Run the proxy.
+    Run(Box<Args>),
+    /// Print the help.
+    Help,
+}
+
+/// The target, as given: an address, or a host name to resolve per
+/// connection (so a DNS change is followed without a restart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// `HOST:PORT` with a host name.
+    Host(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(addr) => addr.fmt(f),
+            Self::Host(host) => f.write_str(host),
+        }
+    }
+}
+
+impl Args {
+    /// The acceptor these arguments describe; client certificates are
+    /// required when a client CA is given.
+    pub(crate) fn acceptor(&self) -> Builder {
+        let mut builder = ReloadingAcceptor::from_files(&self.cert, &self.key)
+            .interval(self.interval)
+            .handshake_timeout(self.handshake_timeout);
+        if let Some(file) = &self.client_ca {
+            builder = builder.client_ca(file);
+        }
+        if let Some(dir) = &self.client_ca_dir {
+            builder = builder.client_ca_dir(dir);
+        }
+        builder
+    }
+}
+
+/// Parses the arguments after the program name.
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut raw = Raw::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--help" || arg == "-h" {
+            return Ok(Command::Help);
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.into())),
+            _ => (arg, None),
+        };
+        let slot = raw
+            .slot(&flag)
+            .ok_or_else(|| format!("unknown argument {flag:?}"))?;
+        if slot.is_some() {
+            return Err(format!("{flag} given twice"));
+        }
+        let value = inline
+            .or_else(|| args.next())
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        *slot = Some(value);
+    }
+    raw.finish().map(|args| Command::Run(Box::new(args)))
+}
+
+/// Parses `500ms`, `5s`, `1m` or `1h`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    if number.is_empty() {
+        return Err(format!(
+            "{text:?} is not a duration: start with a whole number, as in 500ms, 5s, 1m"
+        ));
+    }
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is too large a duration"))?;
+    let seconds = |factor: u64| {
+        number
+            .checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too large a duration"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "" => Err(format!(
+            "{text:?} has no unit: write {text}ms, {text}s, {text}m or {text}h"
+        )),
+        _ => Err(format!(
+            "{text:?} has an unknown unit {unit:?}: use ms, s, m or h"
+        )),
+    }
+}
+
+/// The flag values as given, before they are checked.
+#[derive(Default)]
+struct Raw {
+    listen: Option<String>,
+    target: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    client_ca_dir: Option<String>,
+    interval: Option<String>,
+    status: Option<String>,
+    max_connections: Option<String>,
+    handshake_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    threads: Option<String>,
+}
+
+impl Raw {
+    fn slot(&mut self, flag: &str) -> Option<&mut Option<String>> {
+        Some(match flag {
+            "--listen" => &mut self.listen,
+            "--target" => &mut self.target,
+            "--cert" => &mut self.cert,
+            "--key" => &mut self.key,
+            "--client-ca" => &mut self.client_ca,
+            "--client-ca-dir" => &mut self.client_ca_dir,
+            "--interval" => &mut self.interval,
+            "--status" => &mut self.status,
+            "--max-connections" => &mut self.max_connections,
+            "--handshake-timeout" => &mut self.handshake_timeout,
+            "--connect-timeout" => &mut self.connect_timeout,
+            "--drain-timeout" => &mut self.drain_timeout,
+            "--threads" => &mut self.threads,
+            _ => return None,
+        })
+    }
+
+    fn finish(self) -> Result<Args, String> {
+        let required = |value: Option<String>, flag: &str| {
+            value
+                .filter(|value| !value.is_empty())
+                .ok_or_else(|| format!("{flag} is required"))
+        };
+        let listen = required(self.listen, "--listen")?;
+        let target = required(self.target, "--target")?;
+        let cert = required(self.cert, "--cert")?;
+        let key = required(self.key, "--key")?;
+        Ok(Args {
+            listen: socket_addr("--listen", &listen)?,
+            target: target_of(&target)?,
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: self.client_ca.map(PathBuf::from),
+            client_ca_dir: self.client_ca_dir.map(PathBuf::from),
+            interval: positive("--interval", self.interval, Duration::from_secs(1))?,
+            status: self
+                .status
+                .map(|status| socket_addr("--status", &status))
+                .transpose()?,
+            max_connections: count("--max-connections", self.max_connections, 10_000)?,
+            handshake_timeout: positive(
+                "--handshake-timeout",
+                self.handshake_timeout,
+                Duration::from_secs(10),
+            )?,
+            connect_timeout: positive(
+                "--connect-timeout",
+                self.connect_timeout,
+                Duration::from_secs(5),
+            )?,
+            drain_timeout: match self.drain_timeout {
+                Some(text) => parse_duration(&text).map_err(|e| format!("--drain-timeout: {e}"))?,
+                None => Duration::from_secs(30),
+            },
+            threads: count("--threads", self.threads, default_threads())?,
+        })
+    }
+}
+
+fn positive(flag: &str, value: Option<String>, default: Duration) -> Result<Duration, String> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    match parse_duration(&text).map_err(|e| format!("{flag}: {e}"))? {
+        zero if zero.is_zero() => Err(format!("{flag} must be more than zero")),
+        duration => Ok(duration),
+    }
+}
+
+fn count(flag: &str, value: Option<String>, default: usize) -> Result<usize, String> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    match text.parse::<usize>() {
+        Ok(0) => Err(format!("{flag} must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{flag}: {text:?} is not a whole number")),
+    }
+}
+
+fn socket_addr(flag: &str, text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("{flag} {text}: {e} (expected IP:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {text}: no address"))
+}
+
+fn target_of(text: &str) -> Result<Target, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Target::Addr(addr));
+    }
+    let bad = || format!("--target {text:?}: expected HOST:PORT");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains(':') || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(Target::Host(text.to_owned()))
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Result<Command, String> {
+        parse(line.split_whitespace().map(str::to_owned))
+    }
+
+    fn run(line: &str) -> Args {
+        match args(line) {
+            Ok(Command::Run(args)) => *args,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    const BASE: &str = "--listen 127.0.0.1:0 --target 127.0.0.1:6379 --cert c.pem --key k.pem";
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        let bare = parse_duration("5").unwrap_err();
+        assert!(bare.contains("no unit") && bare.contains("5s"), "{bare}");
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").unwrap_err().contains("whole number"));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999h")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_duration("9999999999999999h")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let args = run(BASE);
+        assert_eq!(args.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(args.target, Target::Addr("127.0.0.1:6379".parse().unwrap()));
+        assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.max_connections, 10_000);
+        assert_eq!(args.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(args.connect_timeout, Duration::from_secs(5));
+        assert_eq!(args.drain_timeout, Duration::from_secs(30));
+        assert_eq!(args.status, None);
+        assert!(args.threads >= 1);
+    }
+
+    #[test]
+    fn every_flag_is_read_with_a_space_or_an_equals_sign() {
+        let args = run(&format!(
+            "{BASE} --client-ca ca.pem --client-ca-dir=cas --interval=250ms --status 127.0.0.1:9000 \
+             --max-connections=2 --handshake-timeout 3s --connect-timeout=1s --drain-timeout 0s --threads 3"
+        ));
+        assert_eq!(args.client_ca, Some("ca.pem".into()));
+        assert_eq!(args.client_ca_dir, Some("cas".into()));
+        assert_eq!(args.interval, Duration::from_millis(250));
+        assert_eq!(args.status, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(args.max_connections, 2);
+        assert_eq!(args.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(args.connect_timeout, Duration::from_secs(1));
+        assert_eq!(args.drain_timeout, Duration::ZERO);
+        assert_eq!(args.threads, 3);
+    }
+
+    #[test]
+    fn a_target_host_is_kept_for_resolving_later() {
+        let args = run("--listen 127.0.0.1:0 --target localhost:6379 --cert c --key k");
+        assert_eq!(args.target, Target::Host("localhost:6379".into()));
+        let v6 = run("--listen [::1]:0 --target [::1]:6379 --cert c --key k");
+        assert_eq!(v6.target, Target::Addr("[::1]:6379".parse().unwrap()));
+    }
+
+    #[test]
+    fn help_wins() {
+        assert!(matches!(args("--help"), Ok(Command::Help)));
+        assert!(matches!(args("--listen x -h"), Ok(Command::Help)));
+        for flag in [
+            "--listen",
+            "--target",
+            "--cert",
+            "--key",
+            "--client-ca",
+            "--client-ca-dir",
+            "--interval",
+            "--status",
+            "--max-connections",
+            "--handshake-timeout",
+            "--connect-timeout",
+            "--drain-timeout",
+            "--threads",
+        ] {
+            assert!(HELP.contains(flag), "--help does not explain {flag}");
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let error = |line: &str| match args(line) {
+            Err(message) => message,
+            Ok(command) => panic!("{line}: accepted as {command:?}"),
+        };
+        assert!(error("--target 127.0.0.1:1 --cert c --key k").contains("--listen is required"));
+        assert!(error(&format!("{BASE} --bogus 1")).contains("unknown argument \"--bogus\""));
+        assert!(error(&format!("{BASE} --cert d")).contains("--cert given twice"));
+        assert!(error(&format!("{BASE} --interval")).contains("--interval needs a value"));
+        assert!(error(&format!("{BASE} --interval 5")).contains("--interval: \"5\" has no unit"));
+        assert!(error(&format!("{BASE} --interval 0s")).contains("more than zero"));
+        assert!(error(&format!("{BASE} --max-connections 0")).contains("at least 1"));
+        assert!(error(&format!("{BASE} --max-connections x")).contains("not a whole number"));
+        assert!(
+            error("--listen 127.0.0.1:0 --target nowhere --cert c --key k")
+                .contains("expected HOST:PORT")
+        );
+        assert!(
+            error("--listen 127.0.0.1:0 --target host:99999 --cert c --key k")
+                .contains("expected HOST:PORT")
+        );
+        assert!(
+            error("--listen nowhere --target h:1 --cert c --key k").contains("--listen nowhere")
+        );
+    }
+}

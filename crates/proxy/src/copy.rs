@@ -1,0 +1,313 @@
+//! Copying both ways between two streams until both directions are done.
+//!
+//! Half-closes are passed on: when one side stops sending (EOF, or a TLS
+//! `close_notify`), the other side's write half is closed (for TCP a
+//! `shutdown(Write)`, for TLS a `close_notify` and then that), and the
+//! opposite direction keeps going until its own end. Both directions run in
+//! one future over the two streams, so neither needs splitting or locking.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use futures::io::{AsyncRead, AsyncWrite};
+
+/// The buffer for each direction: big enough to fill several TLS records
+/// (16 KiB each) per write.
+const BUFFER_SIZE: usize = 64 * 1024;
+
+/// How many buffers one direction moves before yielding to other tasks, so
+/// that a busy connection cannot hold a thread.
+const BUFFERS_PER_POLL: usize = 16;
+
+/// Bytes moved each way by [`copy_bidirectional`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Copied {
+    /// From the first stream to the second.
+    pub(crate) forward: u64,
+    /// From the second stream to the first.
+    pub(crate) backward: u64,
+}
+
+/// Copies `a` to `b` and `b` to `a` until both directions reached their end
+/// and the write halves were closed, or until either fails.
+///
+/// A read error of kind [`io::ErrorKind::UnexpectedEof`] counts as the end:
+/// it is how a TLS stream reports a peer that closed TCP without
+/// `close_notify`, which many clients do, and the far side learns of it as
+/// a half-close anyway.
+pub(crate) async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<Copied>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut forward = Pipe::new();
+    let mut backward = Pipe::new();
+    poll_fn(|cx| {
+        let forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
+        let backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
+        if forward_done && backward_done {
+            Poll::Ready(Ok(Copied {
+                forward: forward.copied,
+                backward: backward.copied,
+            }))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// One direction: a buffer and where it stands.
+struct Pipe {
+    buf: Box<[u8]>,
+    /// The unwritten bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    read_done: bool,
+    needs_flush: bool,
+    closed: bool,
+    copied: u64,
+}
+
+impl Pipe {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            read_done: false,
+            needs_flush: false,
+            closed: false,
+            copied: 0,
+        }
+    }
+
+    /// Moves bytes from `reader` to `writer`; ready once the reader ended,
+    /// everything was written and the writer was closed.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.closed {
+            return Poll::Ready(Ok(()));
+        }
+        for _ in 0..BUFFERS_PER_POLL {
+            if self.start == self.end && !self.read_done {
+                match Pin::new(&mut *reader).poll_read(cx, &mut self.buf) {
+                    Poll::Ready(Ok(0)) => self.read_done = true,
+                    Poll::Ready(Ok(n)) => (self.start, self.end) = (0, n),
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.read_done = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing more to send for now: push out what the
+                        // writer buffered (a TLS stream buffers records).
+                        if self.needs_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.needs_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.start < self.end {
+                let unwritten = &self.buf[self.start..self.end];
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, unwritten))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                self.copied += n as u64;
+                self.needs_flush = true;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *writer).poll_close(cx))?;
+                self.closed = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::future::Future as _;
+
+    use super::*;
+
+    /// One side of a connection: reads come from a script, writes are
+    /// recorded, in small steps to exercise partial writes.
+    #[derive(Default)]
+    struct Mock {
+        reads: VecDeque<io::Result<Vec<u8>>>,
+        /// Return `Pending` (and wake) every other read, as a socket would.
+        stutter: bool,
+        stuttered: bool,
+        written: Vec<u8>,
+        max_write: usize,
+        flushes: usize,
+        closed: bool,
+    }
+
+    impl Mock {
+        fn sending(chunks: &[&[u8]], end: io::Result<Vec<u8>>) -> Self {
+            let mut reads: VecDeque<_> = chunks.iter().map(|c| Ok(c.to_vec())).collect();
+            reads.push_back(end);
+            Self {
+                reads,
+                max_write: 3,
+                ..Self::default()
+            }
+        }
+    }
+
+    impl AsyncRead for Mock {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.stutter && !self.stuttered {
+                self.stuttered = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.stuttered = false;
+            match self.reads.pop_front() {
+                Some(Ok(chunk)) => {
+                    buf[..chunk.len()].copy_from_slice(&chunk);
+                    Poll::Ready(Ok(chunk.len()))
+                }
+                Some(Err(e)) => Poll::Ready(Err(e)),
+                // Nothing scripted: the peer is silent.
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Mock {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            assert!(!self.closed, "write after close");
+            let n = buf.len().min(self.max_write);
+            self.written.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.closed = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn eof() -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    #[test]
+    fn both_directions_are_copied_and_closed() {
+        let mut a = Mock::sending(&[b"hello ", b"world"], eof());
+        let mut b = Mock::sending(&[b"reply"], eof());
+        a.stutter = true;
+        let copied = smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap();
+        assert_eq!(b.written, b"hello world");
+        assert_eq!(a.written, b"reply");
+        assert!(a.closed && b.closed);
+        assert_eq!(
+            copied,
+            Copied {
+                forward: 11,
+                backward: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_half_close_is_passed_on_and_the_other_way_goes_on() {
+        let mut a = Mock::sending(&[b"request"], eof());
+        let mut b = Mock {
+            max_write: 100,
+            ..Mock::default()
+        };
+        let mut copy = Box::pin(copy_bidirectional(&mut a, &mut b));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(copy.as_mut().poll(&mut cx).is_pending());
+        drop(copy);
+        assert_eq!(b.written, b"request");
+        assert!(b.closed, "the end of a is not passed on to b");
+        assert!(!a.closed, "a is closed while b may still send");
+
+        // Once b sends its reply and ends, a gets it all and is closed.
+        b.reads.extend([Ok(b"long reply".to_vec()), eof()]);
+        a.reads.push_back(eof());
+        smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap();
+        assert_eq!(a.written, b"long reply");
+        assert!(a.closed);
+    }
+
+    #[test]
+    fn a_flush_follows_writes_when_the_reader_waits() {
+        let mut a = Mock::sending(&[b"ping"], eof());
+        a.reads.pop_back();
+        let mut b = Mock {
+            max_write: 100,
+            ..Mock::default()
+        };
+        let mut copy = Box::pin(copy_bidirectional(&mut a, &mut b));
+        let waker = futures::task::noop_waker();
+        assert!(copy
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop(copy);
+        assert_eq!(b.written, b"ping");
+        assert_eq!(b.flushes, 1);
+    }
+
+    #[test]
+    fn an_unexpected_eof_is_an_end_and_other_errors_are_errors() {
+        let truncated = io::Error::new(io::ErrorKind::UnexpectedEof, "no close_notify");
+        let mut a = Mock::sending(&[b"data"], Err(truncated));
+        let mut b = Mock::sending(&[], eof());
+        smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap();
+        assert_eq!(b.written, b"data");
+        assert!(b.closed);
+
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
+        let mut a = Mock::sending(&[], Err(reset));
+        let mut b = Mock::sending(&[], eof());
+        let error = smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn a_writer_that_takes_nothing_is_an_error() {
+        let mut a = Mock::sending(&[b"data"], eof());
+        let mut b = Mock::sending(&[], eof());
+        b.max_write = 0;
+        let error = smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WriteZero);
+    }
+}

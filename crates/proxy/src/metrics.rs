@@ -1,0 +1,197 @@
+//! Connection counters, and the `/status` JSON and `/metrics` Prometheus
+//! text made from them and the acceptor's [`Status`].
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tls_reload_acceptor::Status;
+
+/// Counts of client connections, shared by the accept loop, the connection
+/// tasks and the status page.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    active: AtomicU64,
+    total: AtomicU64,
+    handshake_failures: AtomicU64,
+    target_connect_failures: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Client connections open now, in the handshake or proxied.
+    pub(crate) active: u64,
+    /// Client connections accepted since start-up.
+    pub(crate) total: u64,
+    /// TLS handshakes that failed or timed out.
+    pub(crate) handshake_failures: u64,
+    /// Connections to the target that failed or timed out.
+    pub(crate) target_connect_failures: u64,
+}
+
+impl Counters {
+    /// A client connection was accepted.
+    pub(crate) fn opened(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client connection was closed.
+    pub(crate) fn closed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records the handshake failure count kept by the acceptor's
+    /// `Incoming`, which only ever grows.
+    pub(crate) fn set_handshake_failures(&self, failed: u64) {
+        self.handshake_failures.fetch_max(failed, Ordering::Relaxed);
+    }
+
+    /// A connection to the target failed.
+    pub(crate) fn target_connect_failed(&self) {
+        self.target_connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub(crate) fn snapshot(&self) -> Counts {
+        Counts {
+            active: self.active.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
+            target_connect_failures: self.target_connect_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The `/status` document: the reload state, the served certificate and the
+/// connection counts; times in unix seconds.
+pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
+    let leaf = &status.leaf;
+    json!({
+        "generation": status.generation,
+        "applied_at": unix_seconds(status.applied_at),
+        "last_reload_at": status.last_reload_at.map(unix_seconds),
+        "reloads_applied": status.reloads_applied,
+        "reloads_failed": status.reloads_failed,
+        "last_error": status.last_error,
+        "last_error_at": status.last_error_at.map(unix_seconds),
+        "leaf": {
+            "serial": leaf.serial_hex(),
+            "subject": leaf.subject,
+            "not_before": unix_seconds(leaf.not_before),
+            "not_after": unix_seconds(leaf.not_after),
+            "sha256": leaf.sha256_hex(),
+        },
+        "connections": {
+            "active": counts.active,
+            "total": counts.total,
+            "handshake_failures": counts.handshake_failures,
+            "target_connect_failures": counts.target_connect_failures,
+        },
+    })
+}
+
+/// The `/metrics` page in the Prometheus text format, version 0.0.4.
+pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
+    let metrics: [(&str, &str, &str, i128); 8] = [
+        (
+            "tls_reload_reloads_applied_total",
+            "counter",
+            "Certificate reloads applied since start-up.",
+            status.reloads_applied.into(),
+        ),
+        (
+            "tls_reload_reloads_failed_total",
+            "counter",
+            "Certificate reloads that failed (the last good certificate kept serving).",
+            status.reloads_failed.into(),
+        ),
+        (
+            "tls_reload_last_reload_success_timestamp_seconds",
+            "gauge",
+            "Unix time the certificate now served was loaded.",
+            unix_seconds(status.applied_at).into(),
+        ),
+        (
+            "tls_reload_certificate_not_after_seconds",
+            "gauge",
+            "Unix time the certificate now served expires.",
+            unix_seconds(status.leaf.not_after).into(),
+        ),
+        (
+            "tls_reload_connections_active",
+            "gauge",
+            "Client connections open now, handshakes included.",
+            counts.active.into(),
+        ),
+        (
+            "tls_reload_connections_total",
+            "counter",
+            "Client connections accepted since start-up.",
+            counts.total.into(),
+        ),
+        (
+            "tls_reload_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+            counts.handshake_failures.into(),
+        ),
+        (
+            "tls_reload_target_connect_failures_total",
+            "counter",
+            "Connections to the target that failed or timed out.",
+            counts.target_connect_failures.into(),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in metrics {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
+    out
+}
+
+/// Seconds since the unix epoch, negative before it.
+pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn counters_count() {
+        let counters = Counters::default();
+        counters.opened();
+        counters.opened();
+        counters.closed();
+        counters.target_connect_failed();
+        counters.set_handshake_failures(3);
+        counters.set_handshake_failures(2);
+        assert_eq!(
+            counters.snapshot(),
+            Counts {
+                active: 1,
+                total: 2,
+                handshake_failures: 3,
+                target_connect_failures: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn unix_seconds_on_both_sides_of_the_epoch() {
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1500)), 1);
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(2)), -2);
+    }
+}

@@ -1,0 +1,282 @@
+//! The proxy proper: accept TCP under the connection limit, run the TLS
+//! handshakes through the reloading acceptor, connect to the target and copy
+//! both ways.
+//!
+//! The connection limit is a semaphore taken **before** `accept`: at the
+//! limit the proxy stops accepting, so new connections wait in the listen
+//! backlog (and connect, as far as the kernel is concerned) until an open
+//! one ends. Nothing is accepted only to be closed at once.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use futures::future::{self, Either};
+use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures::stream::{self, Stream, StreamExt};
+use smol::channel::{Receiver, Sender};
+use smol::lock::{Semaphore, SemaphoreGuardArc};
+use smol::Executor;
+use tls_reload_acceptor::{ReloadingAcceptor, TlsStream, DEFAULT_MAX_HANDSHAKES};
+
+use crate::args::Target;
+use crate::copy::copy_bidirectional;
+use crate::metrics::Counters;
+
+/// How long the accept loop pauses after `accept` fails (say, out of file
+/// descriptors), so that it does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the proxy needs to serve connections.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    /// Runs the handshakes with the newest good config.
+    pub(crate) acceptor: ReloadingAcceptor,
+    /// Where the plaintext goes.
+    pub(crate) target: Target,
+    /// The bound on connecting to the target.
+    pub(crate) connect_timeout: Duration,
+    /// The most client connections open at once.
+    pub(crate) max_connections: usize,
+    /// Shared with the status page.
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Open connections left when the accept loop stopped; see
+/// [`Drain::wait`].
+#[derive(Debug)]
+pub(crate) struct Drain {
+    open: Receiver<()>,
+}
+
+impl Drain {
+    /// Waits until every connection accepted so far has closed.
+    pub(crate) async fn wait(&self) {
+        // Nothing is ever sent: `recv` fails once every slot's sender is gone.
+        while self.open.recv().await.is_ok() {}
+    }
+}
+
+impl Proxy {
+    /// Accepts and proxies connections until `stop` completes, then closes
+    /// the listener (new connections are refused) and returns what `stop`
+    /// returned, with a [`Drain`] for the connections still open.
+    pub(crate) async fn serve<T>(
+        self: Arc<Self>,
+        listener: Async<TcpListener>,
+        executor: &Executor<'static>,
+        stop: impl Future<Output = T>,
+    ) -> (T, Drain) {
+        let (slots, open) = smol::channel::bounded(1);
+        let connections = self.clone().connections(listener, slots);
+        let max_handshakes = self.max_connections.min(DEFAULT_MAX_HANDSHAKES);
+        let mut incoming = self
+            .acceptor
+            .incoming(connections)
+            .max_handshakes(max_handshakes);
+        let counters = self.counters.clone();
+        let mut clients = stream::poll_fn(move |cx| {
+            let next = incoming.poll_next_unpin(cx);
+            counters.set_handshake_failures(incoming.failed_handshakes());
+            next
+        });
+        let accept_loop = async {
+            while let Some(client) = clients.next().await {
+                match client {
+                    Ok(tls) => executor.spawn(self.clone().connection(tls)).detach(),
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        Timer::after(ACCEPT_ERROR_PAUSE).await;
+                    }
+                }
+            }
+        };
+        futures::pin_mut!(accept_loop, stop);
+        let stopped = match future::select(accept_loop, stop).await {
+            Either::Right((stopped, _)) => stopped,
+            // The listener's stream of connections never ends.
+            Either::Left(((), stop)) => stop.await,
+        };
+        (stopped, Drain { open })
+    }
+
+    /// The listener's connections, each holding a slot of the connection
+    /// limit, taken before `accept`.
+    fn connections(
+        self: Arc<Self>,
+        listener: Async<TcpListener>,
+        slots: Sender<()>,
+    ) -> Pin<Box<dyn Stream<Item = io::Result<Tcp>> + Send>> {
+        let limit = Arc::new(Semaphore::new(self.max_connections));
+        Box::pin(stream::unfold(listener, move |listener| {
+            let (limit, proxy, slots) = (limit.clone(), self.clone(), slots.clone());
+            async move {
+                let permit = match limit.try_acquire_arc() {
+                    Some(permit) => permit,
+                    None => {
+                        tracing::warn!(
+                            max = proxy.max_connections,
+                            "connection limit reached; new connections wait in the backlog"
+                        );
+                        limit.acquire_arc().await
+                    }
+                };
+                let accepted = listener.accept().await.map(|(io, peer)| {
+                    nodelay(&io);
+                    proxy.counters.opened();
+                    Tcp {
+                        io,
+                        peer,
+                        slot: Some(Slot {
+                            _permit: permit,
+                            _open: slots,
+                            counters: proxy.counters.clone(),
+                        }),
+                    }
+                });
+                Some((accepted, listener))
+            }
+        }))
+    }
+
+    /// Proxies one client whose handshake is done.
+    async fn connection(self: Arc<Self>, mut client: TlsStream<Tcp>) {
+        let peer = client.get_ref().0.peer;
+        let mut target = match connect(&self.target, self.connect_timeout).await {
+            Ok(target) => target,
+            Err(error) => {
+                self.counters.target_connect_failed();
+                tracing::warn!(%peer, target = %self.target, %error, "cannot reach the target; closing the client");
+                let _ = client.close().await;
+                return;
+            }
+        };
+        match copy_bidirectional(&mut client, &mut target).await {
+            Ok(copied) => tracing::debug!(
+                %peer,
+                to_target = copied.forward,
+                to_client = copied.backward,
+                "connection closed"
+            ),
+            Err(error) => tracing::debug!(%peer, %error, "connection ended with an error"),
+        }
+    }
+}
+
+/// Connects to the target within `timeout`, trying each address the host
+/// name resolves to.
+async fn connect(target: &Target, timeout: Duration) -> io::Result<Tcp> {
+    let attempt = async {
+        let addrs = match target {
+            Target::Addr(addr) => vec![*addr],
+            Target::Host(host) => smol::net::resolve(host.as_str()).await?,
+        };
+        let mut last_error = None;
+        for addr in addrs {
+            match Async::<TcpStream>::connect(addr).await {
+                Ok(io) => return Ok((io, addr)),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("the host name has no address")))
+    };
+    let timed_out = async {
+        Timer::after(timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no connection after {timeout:?}"),
+        ))
+    };
+    let (io, peer) = smol::future::or(attempt, timed_out).await?;
+    nodelay(&io);
+    Ok(Tcp {
+        io,
+        peer,
+        slot: None,
+    })
+}
+
+fn nodelay(io: &Async<TcpStream>) {
+    if let Err(error) = io.get_ref().set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+}
+
+/// A TCP stream whose `close` shuts down its write half (a half-close the
+/// peer sees as EOF), holding a slot of the connection limit if it is a
+/// client's.
+pub(crate) struct Tcp {
+    io: Async<TcpStream>,
+    peer: SocketAddr,
+    slot: Option<Slot>,
+}
+
+/// A client's place under the connection limit, given back on drop.
+struct Slot {
+    _permit: SemaphoreGuardArc,
+    /// Keeps [`Drain::wait`] waiting.
+    _open: Sender<()>,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counters.closed();
+    }
+}
+
+impl fmt::Debug for Tcp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tcp")
+            .field("peer", &self.peer)
+            .field("client", &self.slot.is_some())
+            .finish()
+    }
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Shuts down the write half; `Async<TcpStream>`'s own close only
+    /// flushes.
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(match self.io.get_ref().shutdown(Shutdown::Write) {
+            Err(error) if error.kind() != io::ErrorKind::NotConnected => Err(error),
+            _ => Ok(()),
+        })
+    }
+}
