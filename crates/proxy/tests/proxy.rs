@@ -1,0 +1,346 @@
+//! The proxy binary end to end: a TLS client, the proxy and an echo backend
+//! over loopback, with certificates written to a temp dir.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{
+    echo_backend, free_port, http, run_to_end, serve_echo, wait_until, Ca, Client, Files, Proxy,
+    DEADLINE, EOF_MARK,
+};
+
+#[test]
+fn bytes_go_through_both_ways() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(0x1001);
+    let files = Files::new(&ca, &leaf);
+    let proxy = Proxy::start(&files, echo_backend(), &[]);
+    let mut client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    assert!(client.served_leaf(&leaf));
+    assert_eq!(client.round_trip(b"hello").unwrap(), b"hello");
+    // A megabyte in chunks bigger than a TLS record, each echoed whole.
+    let chunk: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    for _ in 0..25 {
+        assert!(client.round_trip(&chunk).unwrap() == chunk);
+    }
+}
+
+#[test]
+fn a_half_close_reaches_the_backend_and_the_reply_still_arrives() {
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let proxy = Proxy::start(&files, echo_backend(), &[]);
+    let mut client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    client.tls.write_all(b"request").unwrap();
+    client.finish_sending().unwrap();
+    // The backend writes its EOF mark only after it saw the end of the
+    // request, so the mark proves the half-close went through, and reading
+    // to a clean end proves the proxy closed with close_notify.
+    let reply = client.read_to_end().unwrap();
+    assert_eq!(reply, [b"request".as_slice(), EOF_MARK].concat());
+}
+
+#[test]
+fn a_backend_that_is_down_closes_the_client_and_the_proxy_goes_on() {
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let target = free_port();
+    let proxy = Proxy::start(&files, target, &["--status", "127.0.0.1:0"]);
+    let config = ca.client_config();
+
+    let mut refused = Client::connect(proxy.addr, &config).unwrap();
+    let reply = refused.read_to_end().unwrap();
+    assert!(
+        reply.is_empty(),
+        "got {reply:?} from a backend that is down"
+    );
+    assert!(wait_until(|| proxy
+        .stderr()
+        .contains("cannot reach the target")));
+    let (_, _, body) = http(proxy.status.unwrap(), "GET", "/status");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["connections"]["target_connect_failures"], 1);
+
+    serve_echo(TcpListener::bind(target).unwrap());
+    let mut served = Client::connect(proxy.addr, &config).unwrap();
+    assert_eq!(served.round_trip(b"back up").unwrap(), b"back up");
+}
+
+#[test]
+fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let proxy = Proxy::start(&files, echo_backend(), &["--max-connections", "2"]);
+    let config = ca.client_config();
+    let mut first = Client::connect(proxy.addr, &config).unwrap();
+    let mut second = Client::connect(proxy.addr, &config).unwrap();
+    assert_eq!(first.round_trip(b"1").unwrap(), b"1");
+    assert_eq!(second.round_trip(b"2").unwrap(), b"2");
+
+    // The third connects (the backlog takes it) but is not accepted, so its
+    // handshake gets no answer.
+    let mut third = Client::start(proxy.addr, &config).unwrap();
+    let waited = third.finish_handshake(Duration::from_millis(500));
+    let error = waited.expect_err("a third connection was served over the limit");
+    assert!(
+        matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+        "{error}"
+    );
+    assert!(proxy.stderr().contains("connection limit reached"));
+
+    drop(first);
+    third.finish_handshake(DEADLINE).unwrap();
+    assert_eq!(third.round_trip(b"3").unwrap(), b"3");
+    assert_eq!(second.round_trip(b"2 again").unwrap(), b"2 again");
+}
+
+#[test]
+fn a_rotation_serves_new_clients_the_new_certificate_and_keeps_open_ones() {
+    let ca = Ca::new();
+    let old = ca.leaf(0x1001);
+    let files = Files::new(&ca, &old);
+    let proxy = Proxy::start(&files, echo_backend(), &["--interval", "100ms"]);
+    let config = ca.client_config();
+    let mut open = Client::connect(proxy.addr, &config).unwrap();
+    assert!(open.served_leaf(&old));
+
+    let new = ca.leaf_for_key(0x1002, old.key_copy());
+    files.install(&new);
+    proxy.expect_line("reload applied generation=2 serial=1002");
+
+    let fresh = Client::connect(proxy.addr, &config).unwrap();
+    assert!(fresh.served_leaf(&new));
+    assert_eq!(open.round_trip(b"still here").unwrap(), b"still here");
+}
+
+#[test]
+fn sighup_reloads_at_once_whatever_the_interval() {
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let proxy = Proxy::start(&files, echo_backend(), &["--interval", "1h"]);
+    let new = ca.leaf(0x1002);
+    files.install(&new);
+    proxy.signal("HUP");
+    proxy.expect_line("reload applied generation=2 serial=1002");
+    let client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    assert!(client.served_leaf(&new));
+    assert!(wait_until(|| proxy
+        .stderr()
+        .contains("SIGHUP: reload applied")));
+
+    // A broken file: the failure is reported and the last good one stays.
+    std::fs::write(&files.key, "not a key").unwrap();
+    proxy.signal("HUP");
+    let failed = proxy.expect_line("reload failed: ");
+    assert!(failed.contains("tls.key"), "{failed}");
+    assert!(wait_until(|| proxy
+        .stderr()
+        .contains("SIGHUP: reload failed")));
+    let client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    assert!(client.served_leaf(&new));
+}
+
+#[test]
+fn status_and_metrics_report_reloads_and_connections() {
+    let ca = Ca::new();
+    let old = ca.leaf(0x1001);
+    let files = Files::new(&ca, &old);
+    let proxy = Proxy::start(
+        &files,
+        echo_backend(),
+        &["--status", "127.0.0.1:0", "--interval", "1h"],
+    );
+    let status_addr = proxy.status.unwrap();
+    let config = ca.client_config();
+    let mut client = Client::connect(proxy.addr, &config).unwrap();
+    assert_eq!(client.round_trip(b"x").unwrap(), b"x");
+    let mut garbage = TcpStream::connect(proxy.addr).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+
+    let status = || -> serde_json::Value {
+        let (code, head, body) = http(status_addr, "GET", "/status");
+        assert_eq!(code, 200);
+        assert!(head.contains("Content-Type: application/json"), "{head}");
+        assert!(head.contains("Connection: close"), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        serde_json::from_str(&body).unwrap()
+    };
+    assert!(wait_until(
+        || status()["connections"]["handshake_failures"] == 1
+    ));
+    let now = unix_now();
+    let first = status();
+    assert_eq!(first["generation"], 1);
+    assert_eq!(first["reloads_applied"], 0);
+    assert_eq!(first["reloads_failed"], 0);
+    assert_eq!(first["last_error"], serde_json::Value::Null);
+    assert_eq!(first["last_reload_at"], serde_json::Value::Null);
+    assert!((now - 60..=now).contains(&first["applied_at"].as_i64().unwrap()));
+    assert_eq!(first["leaf"]["serial"], "1001");
+    assert_eq!(first["leaf"]["subject"], "CN=localhost 1001");
+    assert!(first["leaf"]["not_after"].as_i64().unwrap() > now);
+    assert!(first["leaf"]["not_before"].as_i64().unwrap() <= now);
+    assert_eq!(first["leaf"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(first["connections"]["active"], 1);
+    assert_eq!(first["connections"]["total"], 2);
+    assert_eq!(first["connections"]["target_connect_failures"], 0);
+
+    files.install(&ca.leaf(0x1002));
+    proxy.signal("HUP");
+    proxy.expect_line("reload applied generation=2 serial=1002");
+    drop(client);
+    assert!(wait_until(|| status()["connections"]["active"] == 0));
+    let second = status();
+    assert_eq!(second["generation"], 2);
+    assert_eq!(second["reloads_applied"], 1);
+    assert!(second["last_reload_at"].as_i64().is_some());
+    assert_eq!(second["leaf"]["serial"], "1002");
+
+    let (code, head, metrics) = http(status_addr, "GET", "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let expected = [
+        ("tls_reload_reloads_applied_total", "counter", 1),
+        ("tls_reload_reloads_failed_total", "counter", 0),
+        (
+            "tls_reload_last_reload_success_timestamp_seconds",
+            "gauge",
+            second["applied_at"].as_i64().unwrap(),
+        ),
+        (
+            "tls_reload_certificate_not_after_seconds",
+            "gauge",
+            second["leaf"]["not_after"].as_i64().unwrap(),
+        ),
+        ("tls_reload_connections_active", "gauge", 0),
+        ("tls_reload_connections_total", "counter", 2),
+        ("tls_reload_handshake_failures_total", "counter", 1),
+        ("tls_reload_target_connect_failures_total", "counter", 0),
+    ];
+    for (name, kind, value) in expected {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name}:\n{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name}:\n{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("\n{name} {value}\n")),
+            "{name}:\n{metrics}"
+        );
+    }
+
+    assert_eq!(http(status_addr, "GET", "/").0, 404);
+    assert_eq!(http(status_addr, "GET", "/nope").0, 404);
+    let (code, head, _) = http(status_addr, "POST", "/status");
+    assert_eq!(code, 405);
+    assert!(head.contains("Allow: GET"), "{head}");
+}
+
+#[test]
+fn sigterm_refuses_new_connections_and_lets_open_ones_finish() {
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let mut proxy = Proxy::start(&files, echo_backend(), &["--drain-timeout", "30s"]);
+    let mut open = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    assert_eq!(open.round_trip(b"before").unwrap(), b"before");
+
+    proxy.signal("TERM");
+    assert!(
+        wait_until(|| TcpStream::connect(proxy.addr).is_err()),
+        "still accepting after SIGTERM"
+    );
+    assert_eq!(open.round_trip(b"during").unwrap(), b"during");
+    assert!(proxy.wait_exit(Duration::from_millis(200)).is_none());
+
+    open.finish_sending().unwrap();
+    let rest = open.read_to_end().unwrap();
+    assert_eq!(rest, EOF_MARK);
+    let status = proxy.wait_exit(DEADLINE).expect("no exit after the drain");
+    assert_eq!(status.code(), Some(0));
+    assert!(proxy.stderr().contains("all connections closed"));
+}
+
+#[test]
+fn the_drain_timeout_ends_connections_that_do_not_finish() {
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let mut proxy = Proxy::start(&files, echo_backend(), &["--drain-timeout", "1s"]);
+    let mut open = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    assert_eq!(open.round_trip(b"idle").unwrap(), b"idle");
+    let start = Instant::now();
+    proxy.signal("INT");
+    let status = proxy
+        .wait_exit(DEADLINE)
+        .expect("no exit after the drain timeout");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    assert_eq!(status.code(), Some(0));
+    assert!(proxy.stderr().contains("drain timeout"));
+}
+
+#[test]
+fn help_bad_arguments_and_unreadable_files_have_their_exit_codes() {
+    let (status, stdout, _) = run_to_end(&["--help"]);
+    assert_eq!(status.code(), Some(0));
+    assert!(stdout.contains("--max-connections N"), "{stdout}");
+
+    let (status, stdout, stderr) = run_to_end(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("--target is required") && stderr.contains("usage:"),
+        "{stderr}"
+    );
+
+    let (status, _, stderr) = run_to_end(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        "127.0.0.1:1",
+        "--cert",
+        "c",
+        "--key",
+        "k",
+        "--interval",
+        "5",
+    ]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("has no unit"), "{stderr}");
+
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    std::fs::remove_file(&files.key).unwrap();
+    let (status, stdout, stderr) = run_to_end(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        "127.0.0.1:1",
+        "--cert",
+        files.cert.to_str().unwrap(),
+        "--key",
+        files.key.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert!(!stdout.contains("listening"), "{stdout}");
+    assert!(stderr.contains("tls.key"), "{stderr}");
+}
+
+fn unix_now() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap().as_secs() as i64
+}
