@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use common::*;
-use tls_reload::acceptor::{ReloadEvent, TestDetector};
+use tls_reload::acceptor::TestDetector;
 
 on_both_runtimes!(
     open_connection_keeps_working_across_a_reload,
@@ -160,176 +160,147 @@ async fn silent_connections_do_not_delay_a_client<R: Runtime>(mode: Serve) -> Re
     Ok(())
 }
 
-/// A server CA and leaf, and two client roots with a client each.
-struct Pki {
-    dir: tempfile::TempDir,
-    server_ca: Ca,
-    root_a: Ca,
-    root_b: Ca,
-    client_a: Leaf,
-    client_b: Leaf,
+/// Where the server finds its trusted client CAs.
+#[derive(Clone, Copy, Debug)]
+enum Trust {
+    Bundle,
+    Dir,
 }
 
-impl Pki {
-    fn new() -> Result<Self> {
-        let root_a = Ca::new("client root A");
-        let root_b = Ca::new("client root B");
+/// An mTLS echo server trusting client root A (in a bundle file or a CA
+/// directory), and three clients: one of root A, one of root B, and one
+/// without a certificate.
+struct Mtls {
+    _dir: tempfile::TempDir,
+    /// The bundle file or the CA directory.
+    trust: std::path::PathBuf,
+    root_b: Ca,
+    a: Arc<rustls::ClientConfig>,
+    b: Arc<rustls::ClientConfig>,
+    none: Arc<rustls::ClientConfig>,
+    ticks: TestDetector,
+    acceptor: tls_reload::acceptor::ReloadingAcceptor,
+    events: EventLog,
+    server: Server,
+    _reloader: futures::future::RemoteHandle<()>,
+}
+
+impl Mtls {
+    async fn start<R: Runtime>(trust: Trust, mode: Serve) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let server_ca = Ca::new("test server CA");
+        let (root_a, root_b) = (Ca::new("client root A"), Ca::new("client root B"));
+        let (client_a, client_b) = (root_a.leaf(0x4001), root_b.leaf(0x5001));
+        let ticks = TestDetector::new();
+        let builder = builder(write_pair(dir.path(), &server_ca.leaf(0x1001)), &ticks);
+        let (builder, trust) = match trust {
+            Trust::Bundle => {
+                let bundle = write_new(dir.path(), "clients.pem", root_a.pem());
+                (builder.client_ca(&bundle), bundle)
+            }
+            Trust::Dir => {
+                let ca_dir = dir.path().join("client-cas");
+                std::fs::create_dir(&ca_dir)?;
+                write_new(&ca_dir, "a.pem", root_a.pem());
+                (builder.client_ca_dir(&ca_dir), ca_dir)
+            }
+        };
+        let acceptor = builder.build().await?;
+        let events = EventLog::new(&acceptor);
+        let server = serve::<R>(&acceptor, mode)?;
+        let reloader = spawn::<R, _>(acceptor.reloader());
         Ok(Self {
-            dir: tempfile::tempdir()?,
-            server_ca: Ca::new("test server CA"),
-            client_a: root_a.leaf(0x4001),
-            client_b: root_b.leaf(0x5001),
-            root_a,
+            a: client_config(&server_ca, Some(&client_a)),
+            b: client_config(&server_ca, Some(&client_b)),
+            none: client_config(&server_ca, None),
+            _dir: dir,
+            trust,
             root_b,
+            ticks,
+            acceptor,
+            events,
+            server,
+            _reloader: reloader,
         })
     }
 
-    /// A client config trusting the server CA, presenting `client`'s
-    /// certificate if given.
-    fn client(&self, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
-        client_config(&self.server_ca, client)
+    /// Whether a client gets through a handshake and an echo round trip.
+    async fn admits(&self, client: &Arc<rustls::ClientConfig>) -> bool {
+        fetch_serial(self.server.addr, client).await.is_ok()
+    }
+
+    /// Checks which clients get in: A, B and the one without a certificate.
+    async fn expect(&self, a: bool, b: bool, when: &str) -> Result<()> {
+        ensure!(
+            self.admits(&self.a).await == a,
+            "{when}: client A admitted: {}",
+            !a
+        );
+        ensure!(
+            self.admits(&self.b).await == b,
+            "{when}: client B admitted: {}",
+            !b
+        );
+        ensure!(
+            !self.admits(&self.none).await,
+            "{when}: a client without a certificate got in"
+        );
+        Ok(())
+    }
+
+    async fn wait_admits_b(&self) -> Result<()> {
+        let admitted = wait_until(DEADLINE, || self.admits(&self.b)).await;
+        ensure!(
+            admitted,
+            "client B still refused: {:?}",
+            self.acceptor.status()
+        );
+        Ok(())
     }
 }
 
-/// Whether a client gets through a handshake and an echo round trip.
-async fn admitted(addr: std::net::SocketAddr, config: &Arc<rustls::ClientConfig>) -> bool {
-    fetch_serial(addr, config).await.is_ok()
-}
-
 async fn appended_root_in_ca_bundle_admits_its_clients<R: Runtime>() -> Result<()> {
-    let pki = Pki::new()?;
-    let bundle = write_new(pki.dir.path(), "clients.pem", pki.root_a.pem());
-    let (a, b, none) = (
-        pki.client(Some(&pki.client_a)),
-        pki.client(Some(&pki.client_b)),
-        pki.client(None),
-    );
-    let leaf = pki.server_ca.leaf(0x1001);
-    let ticks = TestDetector::new();
-    let acceptor = builder(write_pair(pki.dir.path(), &leaf), &ticks)
-        .client_ca(&bundle)
-        .build()
-        .await?;
-    let server = serve::<R>(&acceptor, Serve::Incoming)?;
-    let _reloader = spawn::<R, _>(acceptor.reloader());
-    ensure!(admitted(server.addr, &a).await, "client A refused");
-    ensure!(
-        !admitted(server.addr, &b).await,
-        "client B admitted before its root is"
-    );
-    ensure!(
-        !admitted(server.addr, &none).await,
-        "a client without a certificate admitted"
-    );
+    let mtls = Mtls::start::<R>(Trust::Bundle, Serve::Incoming).await?;
+    mtls.expect(true, false, "before the append").await?;
 
     // Append, in place, the way a CA rotation adds its new root.
-    let mut file = std::fs::OpenOptions::new().append(true).open(&bundle)?;
-    std::io::Write::write_all(&mut file, pki.root_b.pem().as_bytes())?;
+    let mut file = std::fs::OpenOptions::new().append(true).open(&mtls.trust)?;
+    std::io::Write::write_all(&mut file, mtls.root_b.pem().as_bytes())?;
     drop(file);
-    ensure!(
-        wait_until(DEADLINE, || admitted(server.addr, &b)).await,
-        "client B still refused: {:?}",
-        acceptor.status()
-    );
-    ensure!(
-        admitted(server.addr, &a).await,
-        "client A refused after the append"
-    );
-    ensure!(
-        !admitted(server.addr, &none).await,
-        "a client without a certificate admitted"
-    );
-    Ok(())
+    mtls.wait_admits_b().await?;
+    mtls.expect(true, true, "after the append").await
 }
 
 async fn new_file_in_ca_dir_admits_its_clients<R: Runtime>() -> Result<()> {
-    let pki = Pki::new()?;
-    let ca_dir = pki.dir.path().join("client-cas");
-    std::fs::create_dir(&ca_dir)?;
-    write_new(&ca_dir, "a.pem", pki.root_a.pem());
-    let (a, b) = (
-        pki.client(Some(&pki.client_a)),
-        pki.client(Some(&pki.client_b)),
-    );
-    let leaf = pki.server_ca.leaf(0x1001);
-    let ticks = TestDetector::new();
-    let acceptor = builder(write_pair(pki.dir.path(), &leaf), &ticks)
-        .client_ca_dir(&ca_dir)
-        .build()
-        .await?;
-    let server = serve::<R>(&acceptor, Serve::SpawnPerConnection)?;
-    let _reloader = spawn::<R, _>(acceptor.reloader());
-    ensure!(admitted(server.addr, &a).await, "client A refused");
-    ensure!(
-        !admitted(server.addr, &b).await,
-        "client B admitted before its root is"
-    );
+    let mtls = Mtls::start::<R>(Trust::Dir, Serve::SpawnPerConnection).await?;
+    mtls.expect(true, false, "before the new file").await?;
 
-    write_atomic(&ca_dir.join("b.pem"), pki.root_b.pem());
-    ensure!(
-        wait_until(DEADLINE, || admitted(server.addr, &b)).await,
-        "client B still refused: {:?}",
-        acceptor.status()
-    );
-    ensure!(
-        admitted(server.addr, &a).await,
-        "client A refused after the new file"
-    );
-    ensure!(
-        !admitted(server.addr, &pki.client(None)).await,
-        "a client without a certificate admitted"
-    );
-    Ok(())
+    write_atomic(&mtls.trust.join("b.pem"), mtls.root_b.pem());
+    mtls.wait_admits_b().await?;
+    mtls.expect(true, true, "after the new file").await
 }
 
 async fn broken_ca_file_keeps_the_old_trust<R: Runtime>() -> Result<()> {
-    let pki = Pki::new()?;
-    let bundle = write_new(pki.dir.path(), "clients.pem", pki.root_a.pem());
-    let (a, b, none) = (
-        pki.client(Some(&pki.client_a)),
-        pki.client(Some(&pki.client_b)),
-        pki.client(None),
-    );
-    let leaf = pki.server_ca.leaf(0x1001);
-    let ticks = TestDetector::new();
-    let acceptor = builder(write_pair(pki.dir.path(), &leaf), &ticks)
-        .client_ca(&bundle)
-        .build()
-        .await?;
-    let events = EventLog::new(&acceptor);
-    let server = serve::<R>(&acceptor, Serve::Incoming)?;
-    let _reloader = spawn::<R, _>(acceptor.reloader());
+    let mtls = Mtls::start::<R>(Trust::Bundle, Serve::Incoming).await?;
+    let bundle = &mtls.trust;
 
-    write_in_place(&bundle, "-----BEGIN GARBAGE-----\nnot base64 at all\n");
+    write_in_place(bundle, "-----BEGIN GARBAGE-----\nnot base64 at all\n");
+    let refused = wait_until(DEADLINE, || async { mtls.events.failures() == 1 }).await;
     ensure!(
-        wait_until(DEADLINE, || async { events.failures() == 1 }).await,
+        refused,
         "the broken bundle was not refused: {:?}",
-        acceptor.status()
+        mtls.acceptor.status()
     );
-    let error = acceptor.status().last_error.unwrap_or_default();
+    let error = mtls.acceptor.status().last_error.unwrap_or_default();
     ensure!(
         error.contains(&*bundle.to_string_lossy()),
         "{error:?} names no file"
     );
     for _ in 0..3 {
-        ensure!(
-            !admitted(server.addr, &none).await,
-            "a client without a certificate admitted"
-        );
-        ensure!(
-            !admitted(server.addr, &b).await,
-            "an untrusted client admitted"
-        );
-        ensure!(
-            admitted(server.addr, &a).await,
-            "the old trust stopped working"
-        );
-        ensure!(wait_ticks(&ticks, 2).await, "the reloader stopped");
+        mtls.expect(true, false, "with the broken bundle").await?;
+        ensure!(wait_ticks(&mtls.ticks, 2).await, "the reloader stopped");
     }
-    assert_eq!(acceptor.status().generation, 1);
-    assert!(!events
-        .all()
-        .iter()
-        .any(|e| matches!(e, ReloadEvent::Applied { .. })));
+    assert_eq!(mtls.acceptor.status().generation, 1);
+    assert_eq!(mtls.events.applied(), 0);
     Ok(())
 }

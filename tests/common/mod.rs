@@ -424,16 +424,20 @@ pub type Connections = BoxStream<'static, io::Result<BoxIo>>;
 /// What a test needs from an async runtime.
 pub trait Runtime: 'static {
     const NAME: &'static str;
+    /// The runtime's own TCP listener.
+    type Listener: Send + Sync + 'static;
     fn block_on<T>(future: impl Future<Output = T>) -> T;
     fn spawn_detached(future: BoxFuture<'static, ()>);
-    /// The runtime's own listener over `listener`.
-    fn connections(listener: TcpListener) -> io::Result<Connections>;
+    fn listener(listener: TcpListener) -> io::Result<Self::Listener>;
+    /// The next connection, `TCP_NODELAY` set.
+    fn accept(listener: &Self::Listener) -> BoxFuture<'_, io::Result<BoxIo>>;
 }
 
 pub struct Smol;
 
 impl Runtime for Smol {
     const NAME: &'static str = "smol";
+    type Listener = smol::net::TcpListener;
 
     fn block_on<T>(future: impl Future<Output = T>) -> T {
         smol::block_on(future)
@@ -443,16 +447,16 @@ impl Runtime for Smol {
         smol::spawn(future).detach();
     }
 
-    fn connections(listener: TcpListener) -> io::Result<Connections> {
-        let listener = smol::net::TcpListener::try_from(listener)?;
-        Ok(futures::stream::unfold(listener, |listener| async move {
-            let accepted = listener.accept().await.and_then(|(tcp, _)| {
-                tcp.set_nodelay(true)?;
-                Ok(Box::new(tcp) as BoxIo)
-            });
-            Some((accepted, listener))
+    fn listener(listener: TcpListener) -> io::Result<Self::Listener> {
+        smol::net::TcpListener::try_from(listener)
+    }
+
+    fn accept(listener: &Self::Listener) -> BoxFuture<'_, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let (tcp, _) = listener.accept().await?;
+            tcp.set_nodelay(true)?;
+            Ok(Box::new(tcp) as BoxIo)
         })
-        .boxed())
     }
 }
 
@@ -460,6 +464,7 @@ pub struct AsyncStd;
 
 impl Runtime for AsyncStd {
     const NAME: &'static str = "async-std";
+    type Listener = async_std::net::TcpListener;
 
     fn block_on<T>(future: impl Future<Output = T>) -> T {
         async_std::task::block_on(future)
@@ -469,16 +474,16 @@ impl Runtime for AsyncStd {
         drop(async_std::task::spawn(future));
     }
 
-    fn connections(listener: TcpListener) -> io::Result<Connections> {
-        let listener = async_std::net::TcpListener::from(listener);
-        Ok(futures::stream::unfold(listener, |listener| async move {
-            let accepted = listener.accept().await.and_then(|(tcp, _)| {
-                tcp.set_nodelay(true)?;
-                Ok(Box::new(tcp) as BoxIo)
-            });
-            Some((accepted, listener))
+    fn listener(listener: TcpListener) -> io::Result<Self::Listener> {
+        Ok(async_std::net::TcpListener::from(listener))
+    }
+
+    fn accept(listener: &Self::Listener) -> BoxFuture<'_, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let (tcp, _) = listener.accept().await?;
+            tcp.set_nodelay(true)?;
+            Ok(Box::new(tcp) as BoxIo)
         })
-        .boxed())
     }
 }
 
@@ -497,32 +502,35 @@ pub fn listen<R: Runtime>() -> io::Result<(SocketAddr, Connections)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    Ok((addr, R::connections(listener)?))
+    let connections = futures::stream::unfold(R::listener(listener)?, |listener| async move {
+        let accepted = R::accept(&listener).await;
+        Some((accepted, listener))
+    });
+    Ok((addr, connections.boxed()))
 }
 
 /// Defines, for each named `async fn NAME<R: Runtime>() -> anyhow::Result<()>`,
-/// a test on smol and a test on async-std.
+/// a test on smol (in `mod smol_runtime`) and one on async-std (in
+/// `mod async_std_runtime`).
 #[macro_export]
 macro_rules! on_both_runtimes {
     ($($name:ident),* $(,)?) => {
-        mod smol_runtime {
+        $crate::on_runtime!(smol_runtime, Smol, $($name),*);
+        $crate::on_runtime!(async_std_runtime, AsyncStd, $($name),*);
+    };
+}
+
+/// The half of [`on_both_runtimes`] for one runtime.
+#[macro_export]
+macro_rules! on_runtime {
+    ($module:ident, $runtime:ident, $($name:ident),*) => {
+        mod $module {
             $(
                 #[test]
                 fn $name() -> anyhow::Result<()> {
                     $crate::common::init_tracing();
-                    <$crate::common::Smol as $crate::common::Runtime>::block_on(
-                        super::$name::<$crate::common::Smol>(),
-                    )
-                }
-            )*
-        }
-        mod async_std_runtime {
-            $(
-                #[test]
-                fn $name() -> anyhow::Result<()> {
-                    $crate::common::init_tracing();
-                    <$crate::common::AsyncStd as $crate::common::Runtime>::block_on(
-                        super::$name::<$crate::common::AsyncStd>(),
+                    <$crate::common::$runtime as $crate::common::Runtime>::block_on(
+                        super::$name::<$crate::common::$runtime>(),
                     )
                 }
             )*
