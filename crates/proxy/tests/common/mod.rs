@@ -379,9 +379,14 @@ impl Client {
 
     /// Sends `message` and reads back as many bytes (the backend echoes).
     pub fn round_trip(&mut self, message: &[u8]) -> io::Result<Vec<u8>> {
+        self.exchange(message, message.len())
+    }
+
+    /// Sends `message` and reads a reply of `reply_len` bytes.
+    pub fn exchange(&mut self, message: &[u8], reply_len: usize) -> io::Result<Vec<u8>> {
         self.tls.write_all(message)?;
         self.tls.flush()?;
-        let mut reply = vec![0; message.len()];
+        let mut reply = vec![0; reply_len];
         self.tls.read_exact(&mut reply)?;
         Ok(reply)
     }
