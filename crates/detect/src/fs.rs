@@ -34,14 +34,24 @@ pub(crate) fn target(path: &Path) -> Result<Target, DetectError> {
 /// entry that vanishes between the listing and its `stat` (it is simply not
 /// there any more; the next check sees the new state).
 pub(crate) fn dir_files(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, DetectError> {
+    let mut files = dir_files_unsorted(dir)?;
+    sort_by_path(&mut files);
+    Ok(files)
+}
+
+/// [`dir_files`] in the order the directory lists them, which stays the
+/// same while the directory does: comparing two listings needs no sort.
+pub(crate) fn dir_files_unsorted(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, DetectError> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DetectError::io(dir, e))? {
         let entry = entry.map_err(|e| DetectError::io(dir, e))?;
-        let name = entry.file_name();
-        if name.as_encoded_bytes().starts_with(b".") {
+        let path = entry.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."));
+        if hidden {
             continue;
         }
-        let path = entry.path();
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => files.push((path, meta)),
             Ok(_) => {}
@@ -49,8 +59,19 @@ pub(crate) fn dir_files(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, Dete
             Err(e) => return Err(DetectError::io(&path, e)),
         }
     }
-    files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
+}
+
+/// Sorts entries of one directory by name. Their paths share the directory
+/// prefix and a name holds no separator, so comparing the bytes gives the
+/// order of [`Path`]'s `Ord` without parsing components.
+pub(crate) fn sort_by_path<T>(files: &mut [(PathBuf, T)]) {
+    files.sort_unstable_by(|a, b| path_bytes(&a.0).cmp(path_bytes(&b.0)));
+}
+
+/// The bytes [`sort_by_path`] orders by.
+pub(crate) fn path_bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_encoded_bytes()
 }
 
 /// SHA-256 of a file's bytes, reading at most `limit` bytes.

@@ -127,8 +127,10 @@ pub struct Combined {
 
 #[derive(Default)]
 struct Cache {
+    /// The digest of each file last listed, reused while its metadata holds.
     files: HashMap<PathBuf, Known>,
-    dir: Option<(Vec<(PathBuf, MetaKey)>, Fingerprint)>,
+    /// The last fingerprint, returned as it is while nothing moved.
+    last: Option<Last>,
 }
 
 #[derive(Clone, Copy)]
@@ -136,6 +138,35 @@ struct Known {
     meta: MetaKey,
     digest: [u8; 32],
     trusted: bool,
+}
+
+/// A fingerprint and the listing it was taken from, in the order the
+/// directory gave it (a file is a listing of one).
+struct Last {
+    dir: bool,
+    listing: Vec<(PathBuf, MetaKey)>,
+    /// Every file's metadata was past the racy window when it was hashed.
+    trusted: bool,
+    fingerprint: Fingerprint,
+}
+
+impl Last {
+    /// Whether `current`, listed the same way, has exactly this listing's
+    /// paths and metadata, and it could all be trusted.
+    fn holds<'a>(
+        &self,
+        dir: bool,
+        current: impl ExactSizeIterator<Item = (&'a Path, &'a std::fs::Metadata)>,
+    ) -> bool {
+        self.trusted
+            && self.dir == dir
+            && self.listing.len() == current.len()
+            && self
+                .listing
+                .iter()
+                .zip(current)
+                .all(|((path, key), (now, meta))| path == now && *key == MetaKey::new(meta))
+    }
 }
 
 impl Combined {
@@ -171,6 +202,9 @@ impl Combined {
 
     /// Takes the fingerprint on the current thread.
     pub fn fingerprint_blocking(&self) -> Result<Fingerprint, DetectError> {
+        // Before any stat: metadata is trusted only if it was already old
+        // when it was taken.
+        let now = SystemTime::now();
         let path = self.path();
         // A poisoned lock only means a panic elsewhere mid-update; the cache
         // is a hint, so start it afresh.
@@ -182,69 +216,93 @@ impl Combined {
                 cache
             }
         };
+        let cache = &mut *cache;
         match fs::target(path)? {
             Target::File(meta) => {
-                cache.dir = None;
-                let digest = self.file_digest(&mut cache.files, path, &meta)?;
-                cache.files.retain(|known, _| known == path);
-                Ok(Fingerprint::from_parts([(
+                if let Some(last) = &cache.last {
+                    if last.holds(false, std::iter::once((path, &meta))) {
+                        return Ok(last.fingerprint.clone());
+                    }
+                }
+                let known = self.file_digest(&mut cache.files, path, &meta, now)?;
+                cache.files.retain(|file, _| file == path);
+                let fingerprint = Fingerprint::from_parts([(
                     path.to_path_buf(),
-                    Fingerprint::from_digest(digest),
-                )]))
+                    Fingerprint::from_digest(known.digest),
+                )]);
+                cache.last = Some(Last {
+                    dir: false,
+                    listing: vec![(path.to_path_buf(), known.meta)],
+                    trusted: known.trusted,
+                    fingerprint: fingerprint.clone(),
+                });
+                Ok(fingerprint)
             }
             Target::Dir(_) => {
-                let files = fs::dir_files(path)?;
-                let keys: Vec<(PathBuf, MetaKey)> = files
+                // The idle path: one listing and one stat per file, compared
+                // in listing order, with no sort, hash or copy.
+                let mut files = fs::dir_files_unsorted(path)?;
+                if let Some(last) = &cache.last {
+                    if last.holds(
+                        true,
+                        files.iter().map(|(file, meta)| (file.as_path(), meta)),
+                    ) {
+                        return Ok(last.fingerprint.clone());
+                    }
+                }
+                let listing: Vec<(PathBuf, MetaKey)> = files
                     .iter()
                     .map(|(file, meta)| (file.clone(), MetaKey::new(meta)))
                     .collect();
-                if let Some((known_keys, fingerprint)) = &cache.dir {
-                    let all_trusted = keys
-                        .iter()
-                        .all(|(file, _)| cache.files.get(file).is_some_and(|k| k.trusted));
-                    if *known_keys == keys && all_trusted {
-                        return Ok(fingerprint.clone());
-                    }
-                }
+                fs::sort_by_path(&mut files);
                 let mut parts = Vec::with_capacity(files.len());
+                let mut trusted = true;
                 for (file, meta) in &files {
-                    let digest = self.file_digest(&mut cache.files, file, meta)?;
-                    parts.push((file.clone(), Fingerprint::from_digest(digest)));
+                    let known = self.file_digest(&mut cache.files, file, meta, now)?;
+                    trusted &= known.trusted;
+                    parts.push((file.clone(), Fingerprint::from_digest(known.digest)));
                 }
                 cache.files.retain(|known, _| {
-                    keys.binary_search_by(|(p, _)| p.as_path().cmp(known))
+                    parts
+                        .binary_search_by(|(file, _)| {
+                            fs::path_bytes(file).cmp(fs::path_bytes(known))
+                        })
                         .is_ok()
                 });
                 let fingerprint = Fingerprint::from_parts(parts);
-                cache.dir = Some((keys, fingerprint.clone()));
+                cache.last = Some(Last {
+                    dir: true,
+                    listing,
+                    trusted,
+                    fingerprint: fingerprint.clone(),
+                });
                 Ok(fingerprint)
             }
         }
     }
 
+    /// The file's digest: the known one while its metadata holds and is
+    /// trusted, else read again.
     fn file_digest(
         &self,
         files: &mut HashMap<PathBuf, Known>,
         path: &Path,
         meta: &std::fs::Metadata,
-    ) -> Result<[u8; 32], DetectError> {
+        now: SystemTime,
+    ) -> Result<Known, DetectError> {
         let key = MetaKey::new(meta);
         if let Some(known) = files.get(path) {
             if known.trusted && known.meta == key {
-                return Ok(known.digest);
+                return Ok(*known);
             }
         }
-        let digest = fs::hash_file(path, meta, self.hash.limit)?;
-        let trusted = !key.is_racy(SystemTime::now(), self.window);
-        files.insert(
-            path.to_path_buf(),
-            Known {
-                meta: key,
-                digest,
-                trusted,
-            },
-        );
-        Ok(digest)
+        let known = Known {
+            meta: key,
+            digest: fs::hash_file(path, meta, self.hash.limit)?,
+            trusted: !key.is_racy(now, self.window),
+        };
+        files.insert(path.to_path_buf(), known);
+        Ok(known)
     }
 }
 
