@@ -1,0 +1,331 @@
+//! Run with: cargo build --release -p tls-reload-proxy && cargo run --release -p tls-reload-proxy --example vs_stunnel -- [SECONDS]
+//!
+//! Compares `tls-reload-proxy` with `stunnel4` fronting the same in-process
+//! backend, with the same certificate and key (ECDSA P-256), TLS 1.3 and
+//! TLS_AES_128_GCM_SHA256 (the client offers nothing else): bulk throughput
+//! from the backend through one connection and through 16, and new TLS
+//! connections per second (full handshakes, no resumption, one byte each
+//! way, then close). Each measurement runs SECONDS (default 3) against
+//! each proxy in turn, alternating, twice; the table shows the better run.
+//! Needs the release binary next to this example and `stunnel4` on PATH.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// Concurrent clients opening connections in the connections/s test.
+const HANDSHAKE_CLIENTS: usize = 8;
+/// Connections in the second bulk test.
+const BULK_CONNECTIONS: usize = 16;
+/// Rounds of each measurement against each proxy.
+const ROUNDS: usize = 2;
+
+fn main() -> anyhow::Result<()> {
+    let seconds: u64 = match std::env::args().nth(1) {
+        Some(text) => text.parse().context("SECONDS must be a whole number")?,
+        None => 3,
+    };
+    let run_for = Duration::from_secs(seconds);
+    let dir = tempfile::tempdir()?;
+    let (cert, key, root) = write_certificate(dir.path())?;
+    let backend = start_backend()?;
+
+    let ours = Server::ours(dir.path(), &cert, &key, backend)?;
+    let theirs = Server::stunnel(dir.path(), &cert, &key, backend)?;
+    let config = client_config(root)?;
+    for server in [&ours, &theirs] {
+        let (suite, group) = negotiated(server.addr, &config)?;
+        println!("{:<17} negotiates {suite} with {group}", server.name);
+    }
+    println!(
+        "{} s per run, best of {ROUNDS} alternating runs; {} CPUs shared by clients, proxies and backend\n",
+        seconds,
+        thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    type Measure = fn(SocketAddr, &Arc<ClientConfig>, Duration) -> anyhow::Result<f64>;
+    let measurements: [(&str, &str, Measure); 3] = [
+        ("bulk, 1 connection", "MB/s", |addr, config, run_for| {
+            bulk(addr, config, 1, run_for)
+        }),
+        ("bulk, 16 connections", "MB/s", |addr, config, run_for| {
+            bulk(addr, config, BULK_CONNECTIONS, run_for)
+        }),
+        ("new connections", "conn/s", handshakes),
+    ];
+    println!(
+        "{:<22} {:>18} {:>18} {:>13}",
+        "measurement", "tls-reload-proxy", "stunnel4", "ours/stunnel"
+    );
+    for (name, unit, measure) in measurements {
+        let (mut best_ours, mut best_theirs) = (0f64, 0f64);
+        for _ in 0..ROUNDS {
+            best_ours = best_ours.max(measure(ours.addr, &config, run_for)?);
+            best_theirs = best_theirs.max(measure(theirs.addr, &config, run_for)?);
+        }
+        println!(
+            "{name:<22} {:>11.0} {unit:<6} {:>11.0} {unit:<6} {:>13.2}",
+            best_ours,
+            best_theirs,
+            best_ours / best_theirs
+        );
+    }
+    Ok(())
+}
+
+/// A self-signed ECDSA P-256 certificate for `localhost`, written as PEM.
+fn write_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, CertificateDer<'static>)> {
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".into()])?.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((cert_path, key_path, cert.der().clone()))
+}
+
+/// The backend: after a first byte `D` it sends zeros until the client
+/// goes; after any other byte it answers one byte and closes.
+fn start_backend() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || serve_backend(stream));
+        }
+    });
+    Ok(addr)
+}
+
+fn serve_backend(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut first = [0];
+    if stream.read_exact(&mut first).is_err() {
+        return;
+    }
+    if first[0] == b'D' {
+        let zeros = vec![0; 256 * 1024];
+        while stream.write_all(&zeros).is_ok() {}
+    } else {
+        let _ = stream.write_all(b"!");
+        let _ = stream.read(&mut first);
+    }
+}
+
+/// A proxy under test, killed on drop.
+struct Server {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    fn ours(dir: &Path, cert: &Path, key: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let binary = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|release| release.join("tls-reload-proxy"))
+            .context("no directory above the example")?;
+        if !binary.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release -p tls-reload-proxy` first",
+                binary.display()
+            );
+        }
+        let log = std::fs::File::create(dir.join("proxy.log"))?;
+        let mut child = Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0", "--target", &backend.to_string()])
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .parse()?;
+        Ok(Self {
+            name: "tls-reload-proxy",
+            addr,
+            child,
+        })
+    }
+
+    fn stunnel(dir: &Path, cert: &Path, key: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let config = dir.join("stunnel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "foreground = yes\npid =\ndebug = err\noutput = {}\n\n[bench]\naccept = {addr}\n\
+                 connect = {backend}\ncert = {}\nkey = {}\nsslVersionMin = TLSv1.3\n\
+                 ciphersuites = TLS_AES_128_GCM_SHA256\n",
+                dir.join("stunnel.log").display(),
+                cert.display(),
+                key.display(),
+            ),
+        )?;
+        let child = Command::new("stunnel4")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start stunnel4 (Debian package stunnel4)")?;
+        let server = Self {
+            name: "stunnel4",
+            addr,
+            child,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("stunnel4 did not listen on {addr}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TLS 1.3 with TLS_AES_128_GCM_SHA256 only, trusting `root`, without
+/// resumption (every connection is a full handshake).
+fn client_config(root: CertificateDer<'static>) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    let mut roots = RootCertStore::empty();
+    roots.add(root)?;
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+fn connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> anyhow::Result<Tls> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let conn = ClientConnection::new(config.clone(), ServerName::try_from("localhost")?)?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+fn negotiated(addr: SocketAddr, config: &Arc<ClientConfig>) -> anyhow::Result<(String, String)> {
+    let tls = connect(addr, config)?;
+    let suite = tls.conn.negotiated_cipher_suite().context("no suite")?;
+    let group = tls
+        .conn
+        .negotiated_key_exchange_group()
+        .context("no group")?;
+    Ok((
+        format!("{:?}", suite.suite()),
+        format!("{:?}", group.name()),
+    ))
+}
+
+/// MB/s received by `connections` clients downloading at once.
+fn bulk(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    connections: usize,
+    run_for: Duration,
+) -> anyhow::Result<f64> {
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let mut tls = connect(addr, config)?;
+        tls.write_all(b"D")?;
+        let (received, stop) = (received.clone(), stop.clone());
+        clients.push(thread::spawn(move || -> anyhow::Result<()> {
+            let mut buf = vec![0; 256 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                let n = tls.read(&mut buf)?;
+                if n == 0 {
+                    bail!("the proxy closed a bulk connection");
+                }
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        }));
+    }
+    // Let the pipes fill before counting.
+    thread::sleep(Duration::from_millis(200));
+    let start_bytes = received.load(Ordering::Relaxed);
+    let start = Instant::now();
+    thread::sleep(run_for);
+    let bytes = received.load(Ordering::Relaxed) - start_bytes;
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+    }
+    Ok(bytes as f64 / elapsed.as_secs_f64() / 1e6)
+}
+
+/// Full TLS connections per second, each sending one byte through to the
+/// backend and reading its answer.
+fn handshakes(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    run_for: Duration,
+) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..HANDSHAKE_CLIENTS)
+        .map(|_| {
+            let (config, done) = (config.clone(), done.clone());
+            thread::spawn(move || -> anyhow::Result<()> {
+                while start.elapsed() < run_for {
+                    let mut tls = connect(addr, &config)?;
+                    tls.write_all(b"P")?;
+                    let mut answer = [0];
+                    tls.read_exact(&mut answer)?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for client in clients {
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
