@@ -45,6 +45,30 @@ fn a_half_close_reaches_the_backend_and_the_reply_still_arrives() {
 }
 
 #[test]
+fn a_backend_that_closes_first_gets_the_client_a_clean_close() {
+    let ca = Ca::new();
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let _ = stream.unwrap().write_all(b"bye");
+        }
+    });
+    let proxy = Proxy::start(&files, target, &["--status", "127.0.0.1:0"]);
+    let mut client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    // Read to a clean end: the proxy passed the close on with close_notify.
+    assert_eq!(client.read_to_end().unwrap(), b"bye");
+    client.finish_sending().unwrap();
+    let status = proxy.status.unwrap();
+    assert!(wait_until(|| {
+        let (_, _, body) = http(status, "GET", "/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["connections"]["active"] == 0
+    }));
+}
+
+#[test]
 fn a_backend_that_is_down_closes_the_client_and_the_proxy_goes_on() {
     let ca = Ca::new();
     let files = Files::new(&ca, &ca.leaf(0x1001));
