@@ -22,6 +22,12 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 /// the others. A failed handshake is logged with `tracing` and skipped; an
 /// error from the connection stream itself (say, too many open files) is
 /// yielded, and the stream goes on.
+///
+/// The handshakes are driven by the task that polls this stream, so their
+/// CPU work runs on one thread at a time. That suits most servers; one that
+/// needs more full handshakes per second than a core can do should spawn a
+/// task per connection with [`ReloadingAcceptor::accept`] instead, which
+/// applies the same handshake timeout.
 pub struct Incoming<S, IO> {
     acceptor: ReloadingAcceptor,
     connections: Option<S>,
