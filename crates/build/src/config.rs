@@ -21,6 +21,10 @@ pub struct Built {
     resumption: Resumption,
     /// What sessions were authenticated under: client auth mode, CAs, tickets.
     continuity: [u8; 32],
+    /// The client verifier and the provider it was built with, reused by the
+    /// next build when the trust is byte for byte the same.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 /// Whether a build carried the previous config's resumption state over.
@@ -114,12 +118,12 @@ pub fn build_blocking(
     }
 
     let mut files = vec![materials.cert().to_owned(), materials.key().to_owned()];
-    let trust = Trust::load(materials, template, &mut files)?;
+    let trust = Trust::load(materials, template, previous, &mut files)?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&template.versions)
         .map_err(|source| BuildError::Config { source })?;
-    let builder = match trust.verifier {
+    let builder = match trust.verifier.clone() {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
@@ -159,6 +163,8 @@ pub fn build_blocking(
         files,
         resumption,
         continuity,
+        verifier: trust.verifier,
+        provider: provider.clone(),
     })
 }
 
@@ -213,6 +219,7 @@ impl Trust {
     fn load(
         materials: &Materials,
         template: &Template,
+        previous: Option<&Built>,
         files: &mut Vec<PathBuf>,
     ) -> Result<Self, BuildError> {
         let mut digest = Sha256::new();
@@ -237,14 +244,41 @@ impl Trust {
             ClientAuth::Required => b"client auth required",
             ClientAuth::Optional => b"client auth optional",
         });
-        let mut roots = RootCertStore::empty();
+        let mut loaded = Vec::with_capacity(ca_files.len());
         for path in ca_files {
             let file = PemFile::read(&path, template.max_file_size)?;
-            for cert in files::add_ca_file(&file, &mut roots)? {
+            // Each file's path and certificate count delimit its part, so an
+            // equal digest means every file holds exactly what it held.
+            let certs = file.certificates();
+            let name = path.as_os_str().as_encoded_bytes();
+            digest.update((name.len() as u64).to_be_bytes());
+            digest.update(name);
+            digest.update((certs.len() as u64).to_be_bytes());
+            for cert in &certs {
                 digest.update((cert.len() as u64).to_be_bytes());
-                digest.update(&cert);
+                digest.update(cert);
             }
             files.push(path);
+            loaded.push(file);
+        }
+        let digest: [u8; 32] = digest.finalize().into();
+
+        // The same CA bytes as the build being served, which checked them:
+        // reuse its verifier rather than parse every root again (with a
+        // large CA directory that is most of a build).
+        let reusable = previous
+            .filter(|p| p.continuity == digest && Arc::ptr_eq(&p.provider, &template.provider))
+            .and_then(|p| p.verifier.clone());
+        if let Some(verifier) = reusable {
+            return Ok(Self {
+                verifier: Some(verifier),
+                digest,
+            });
+        }
+
+        let mut roots = RootCertStore::empty();
+        for file in &loaded {
+            files::add_ca_file(file, &mut roots)?;
         }
 
         let builder =
@@ -261,7 +295,7 @@ impl Trust {
             })?;
         Ok(Self {
             verifier: Some(verifier),
-            digest: digest.finalize().into(),
+            digest,
         })
     }
 }

@@ -162,3 +162,36 @@ fn fails_closed_when_the_trust_cannot_be_built() {
         }
     }
 }
+
+#[test]
+fn an_unusable_ca_added_next_to_unchanged_ones_is_still_refused() {
+    // The verifier of the build being served is reused only when the CA
+    // files hold exactly what they held: a new file must still be checked.
+    let s = Fixture::new();
+    let a = Ca::new("a");
+    let cas = ca_dir(s.dir.path());
+    write(&cas, "a.pem", a.pem());
+    let materials = Materials::new(&s.cert, &s.key).with_client_ca_dir(&cas);
+    let first = build(&materials, &template(), None);
+
+    let junk = "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n";
+    let bad = write(&cas, "b.pem", junk);
+    let err = build_blocking(&materials, &template(), Some(&first)).expect_err("refused");
+    assert!(
+        matches!(err, tls_reload_build::BuildError::NoUsableCa { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&bad.display().to_string()),
+        "{err}"
+    );
+
+    // Back to the checked files: the reused trust still admits a's clients
+    // and refuses others.
+    std::fs::remove_file(&bad).expect("remove");
+    let again = build(&materials, &template(), Some(&first));
+    assert_eq!(again.resumption(), Resumption::Kept);
+    assert!(s.admits(again.config(), Some(&a)));
+    assert!(!s.admits(again.config(), Some(&Ca::new("stranger"))));
+    assert!(!s.admits(again.config(), None));
+}
