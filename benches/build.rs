@@ -132,6 +132,14 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("build_blocking", count), |b| {
             b.iter(|| build_blocking(black_box(&materials), &template, None).expect("build"))
         });
+        // A reload after a certificate rotation: the CA files are unchanged,
+        // so the served verifier is reused.
+        let served = build_blocking(&materials, &template, None).expect("build");
+        group.bench_function(BenchmarkId::new("rebuild_same_cas", count), |b| {
+            b.iter(|| {
+                build_blocking(black_box(&materials), &template, Some(&served)).expect("build")
+            })
+        });
         let paths: Vec<PathBuf> = std::fs::read_dir(&cas)
             .expect("list")
             .map(|e| e.expect("entry").path())
