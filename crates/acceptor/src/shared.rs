@@ -408,9 +408,9 @@ impl Shared {
                 reason: SkipReason::Stale,
             });
         }
-        self.config.store(pending.built.config().clone());
+        let old_config = self.config.swap(pending.built.config().clone());
         let now = SystemTime::now();
-        state.current = pending.built.clone();
+        let old_built = std::mem::replace(&mut state.current, pending.built.clone());
         state.applied_ticket = pending.ticket;
         state.generation += 1;
         state.applied_at = now;
@@ -422,6 +422,9 @@ impl Shared {
         }
         let generation = state.generation;
         drop(state);
+        // Freeing a config with a large client CA store takes a while; when
+        // these are the last references, do it off the executor.
+        blocking::unblock(move || drop((old_config, old_built))).detach();
         let leaf = pending.built.leaf();
         tracing::info!(
             generation,
