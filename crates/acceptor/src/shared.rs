@@ -54,6 +54,8 @@ impl fmt::Debug for DetectorSource {
 /// A built config waiting to be applied at the next accept.
 struct Pending {
     ticket: u64,
+    /// The materials epoch it was built from.
+    epoch: u64,
     built: Arc<Built>,
     fingerprint: Option<Fingerprint>,
     manual: bool,
@@ -93,6 +95,9 @@ struct State {
     committed: Option<Fingerprint>,
     /// Builds with a ticket below this were overtaken by a manual reload.
     min_ticket: u64,
+    /// Bumped when the materials or template are switched: a build from
+    /// other materials is never applied after the switch.
+    epoch: u64,
     applied_ticket: u64,
     current: Arc<Built>,
     generation: u64,
@@ -168,6 +173,7 @@ impl Shared {
                 detector,
                 committed,
                 min_ticket: 0,
+                epoch: 0,
                 applied_ticket: 0,
                 current: built,
                 generation: 1,
@@ -308,7 +314,7 @@ impl Shared {
         manual: bool,
     ) -> Result<Reloaded, ReloadError> {
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
-        let (materials, template, previous, detector) = {
+        let (materials, template, previous, detector, mut epoch) = {
             let mut state = self.state();
             if manual {
                 // Whatever started before this must not land after it.
@@ -317,13 +323,21 @@ impl Shared {
             match reconfigure {
                 Some((materials, template)) => {
                     let detector = state.source.make(&materials, &template);
-                    (materials, template, state.current.clone(), Some(detector))
+                    let epoch = state.epoch;
+                    (
+                        materials,
+                        template,
+                        state.current.clone(),
+                        Some(detector),
+                        epoch,
+                    )
                 }
                 None => (
                     state.materials.clone(),
                     state.template.clone(),
                     state.current.clone(),
                     None,
+                    state.epoch,
                 ),
             }
         };
@@ -339,7 +353,7 @@ impl Shared {
         let built = match tls_reload_build::build(&materials, &template, Some(previous)).await {
             Ok(built) => Arc::new(built),
             Err(error) => {
-                if self.is_stale(ticket) {
+                if self.is_stale(ticket, epoch) {
                     return Err(ReloadError::Superseded);
                 }
                 let error = ReloadError::from(error);
@@ -363,13 +377,21 @@ impl Shared {
             state.template = template;
             state.detector = detector;
             state.committed = None;
+            state.epoch += 1;
+            epoch = state.epoch;
         }
-        self.pending.store(Some(Arc::new(Pending {
+        let mine = Arc::new(Pending {
             ticket,
+            epoch,
             built: built.clone(),
             fingerprint,
             manual,
-        })));
+        });
+        // Never replace a newer build waiting in the slot.
+        self.pending.rcu(|waiting| match waiting {
+            Some(waiting) if waiting.ticket > ticket => Some(waiting.clone()),
+            _ => Some(mine.clone()),
+        });
         self.promote();
         let state = self.state();
         if state.applied_ticket == ticket {
@@ -378,7 +400,8 @@ impl Shared {
                 leaf: built.leaf().clone(),
                 resumption: built.resumption(),
             })
-        } else if state.applied_ticket > ticket || ticket < state.min_ticket {
+        } else if state.applied_ticket > ticket || ticket < state.min_ticket || epoch != state.epoch
+        {
             Err(ReloadError::Superseded)
         } else {
             // Taken by a concurrent accept that is applying it right now.
@@ -390,9 +413,9 @@ impl Shared {
         }
     }
 
-    fn is_stale(&self, ticket: u64) -> bool {
+    fn is_stale(&self, ticket: u64, epoch: u64) -> bool {
         let state = self.state();
-        ticket < state.min_ticket || ticket <= state.applied_ticket
+        ticket < state.min_ticket || ticket <= state.applied_ticket || epoch != state.epoch
     }
 
     /// Applies the pending config, if any and if no newer one was applied.
@@ -401,7 +424,10 @@ impl Shared {
             return;
         };
         let mut state = self.state();
-        if pending.ticket < state.min_ticket || pending.ticket <= state.applied_ticket {
+        if pending.ticket < state.min_ticket
+            || pending.ticket <= state.applied_ticket
+            || pending.epoch != state.epoch
+        {
             drop(state);
             tracing::debug!(ticket = pending.ticket, "dropped a stale build");
             return self.emit(ReloadEvent::Skipped {
