@@ -150,7 +150,7 @@ async fn reload_latency(
             );
         }
         // Let the tick phase drift relative to the next write.
-        Timer::after(Duration::from_millis(7 * i as u64 % 23)).await;
+        Timer::after(Duration::from_millis(37 * i as u64 % interval.as_millis() as u64)).await;
     }
     latencies.sort();
     let p50 = percentile(&latencies, 50.0);
