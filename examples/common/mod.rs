@@ -138,15 +138,11 @@ pub(crate) fn say(line: std::fmt::Arguments<'_>) {
 /// Prints one stdout line per applied or failed reload.
 pub(crate) async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> + Unpin) {
     while let Some(event) = events.next().await {
-        match event {
-            ReloadEvent::Applied {
-                generation, leaf, ..
-            } => say(format_args!(
-                "reload applied generation={generation} serial={}",
-                leaf.serial_hex()
-            )),
-            ReloadEvent::Failed { error } => say(format_args!("reload failed: {error}")),
-            _ => {}
+        if matches!(
+            event,
+            ReloadEvent::Applied { .. } | ReloadEvent::Failed { .. }
+        ) {
+            say(format_args!("{event}"));
         }
     }
 }

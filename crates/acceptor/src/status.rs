@@ -1,3 +1,4 @@
+use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -88,6 +89,38 @@ pub enum ReloadEvent {
         /// Why.
         reason: SkipReason,
     },
+}
+
+/// One line per event, as the example servers and the proxy print them:
+/// `reload applied generation=2 serial=0a1b`, `reload failed: MESSAGE`,
+/// `reload detected: PATH, PATH`, `reload built serial=0a1b`,
+/// `reload skipped: stale`.
+impl fmt::Display for ReloadEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Detected { paths } => {
+                f.write_str("reload detected:")?;
+                for (i, path) in paths.iter().enumerate() {
+                    let separator = if i == 0 { " " } else { ", " };
+                    write!(f, "{separator}{}", path.display())?;
+                }
+                Ok(())
+            }
+            Self::Built { leaf, .. } => write!(f, "reload built serial={}", leaf.serial_hex()),
+            Self::Applied {
+                generation, leaf, ..
+            } => write!(
+                f,
+                "reload applied generation={generation} serial={}",
+                leaf.serial_hex()
+            ),
+            Self::Failed { error } => write!(f, "reload failed: {error}"),
+            Self::Skipped { reason } => match reason {
+                SkipReason::Stale => f.write_str("reload skipped: stale"),
+                SkipReason::KnownFailure => f.write_str("reload skipped: known failure"),
+            },
+        }
+    }
 }
 
 /// A stream of [`ReloadEvent`]s, from

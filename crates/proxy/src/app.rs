@@ -156,15 +156,11 @@ async fn reload_now(acceptor: ReloadingAcceptor) {
 /// servers do.
 async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> + Unpin) {
     while let Some(event) = events.next().await {
-        match event {
-            ReloadEvent::Applied {
-                generation, leaf, ..
-            } => say(format_args!(
-                "reload applied generation={generation} serial={}",
-                leaf.serial_hex()
-            )),
-            ReloadEvent::Failed { error } => say(format_args!("reload failed: {error}")),
-            _ => {}
+        if matches!(
+            event,
+            ReloadEvent::Applied { .. } | ReloadEvent::Failed { .. }
+        ) {
+            say(format_args!("{event}"));
         }
     }
 }
