@@ -1,3 +1,5 @@
+use std::mem::{discriminant, Discriminant};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tls_reload_build::BuildError;
@@ -34,5 +36,28 @@ impl From<BuildError> for ReloadError {
 impl From<DetectError> for ReloadError {
     fn from(error: DetectError) -> Self {
         Self::Detect(Arc::new(error))
+    }
+}
+
+/// What makes two failures the same for reporting: the kind of error and
+/// the file it names. Not the whole message, which may carry the time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    Build(Discriminant<BuildError>, Option<PathBuf>),
+    Detect(Discriminant<DetectError>, Option<PathBuf>),
+    Superseded,
+}
+
+impl ReloadError {
+    pub(crate) fn cause(&self) -> Cause {
+        match self {
+            Self::Build(error) => {
+                Cause::Build(discriminant(&**error), error.path().map(Into::into))
+            }
+            Self::Detect(error) => {
+                Cause::Detect(discriminant(&**error), error.path().map(Into::into))
+            }
+            Self::Superseded => Cause::Superseded,
+        }
     }
 }

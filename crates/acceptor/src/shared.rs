@@ -11,6 +11,7 @@ use rustls::ServerConfig;
 use tls_reload_build::{Built, Materials, Template};
 use tls_reload_detect::{Composite, Detector, Fingerprint, Strategy};
 
+use crate::error::Cause;
 use crate::{ReloadError, ReloadEvent, Reloaded, SkipReason, Status};
 
 /// Makes a detector for a set of materials.
@@ -109,12 +110,17 @@ struct State {
     /// The last failure, to report a repeat once and not rebuild the same
     /// broken files every tick.
     last_failure: Option<Failure>,
+    /// The last fingerprint reported as detected, so a retry of the same
+    /// files is not news.
+    detected: Option<Fingerprint>,
 }
 
 struct Failure {
-    message: String,
+    cause: Cause,
     fingerprint: Option<Fingerprint>,
     at: Instant,
+    /// Whether a skip of these same files was reported already.
+    skip_reported: bool,
 }
 
 pub(crate) struct Start {
@@ -183,6 +189,7 @@ impl Shared {
                 reloads_failed: 0,
                 last_error: None,
                 last_failure: None,
+                detected: None,
             }),
             subscribers: Mutex::new(Vec::new()),
             settings: start.settings,
@@ -281,26 +288,37 @@ impl Shared {
         if pending.as_ref() == Some(&fingerprint) {
             return;
         }
-        {
-            let state = self.state();
-            if let Some(failure) = &state.last_failure {
+        let news = {
+            let mut state = self.state();
+            if let Some(failure) = &mut state.last_failure {
                 if failure.fingerprint.as_ref() == Some(&fingerprint)
                     && failure.at.elapsed() < self.settings.retry_interval
                 {
                     tracing::trace!("files unchanged since the last failed build");
+                    let first = !std::mem::replace(&mut failure.skip_reported, true);
                     drop(state);
-                    return self.emit(ReloadEvent::Skipped {
-                        reason: SkipReason::KnownFailure,
-                    });
+                    if first {
+                        self.emit(ReloadEvent::Skipped {
+                            reason: SkipReason::KnownFailure,
+                        });
+                    }
+                    return;
                 }
             }
-        }
-        let paths = match &committed {
-            Some(committed) => fingerprint.changed_paths(committed),
-            None => fingerprint.paths().map(Into::into).collect(),
+            let news = state.detected.as_ref() != Some(&fingerprint);
+            state.detected = Some(fingerprint.clone());
+            news
         };
-        tracing::info!(?paths, "tls materials changed");
-        self.emit(ReloadEvent::Detected { paths });
+        if news {
+            let paths = match &committed {
+                Some(committed) => fingerprint.changed_paths(committed),
+                None => fingerprint.paths().map(Into::into).collect(),
+            };
+            tracing::info!(?paths, "tls materials changed");
+            self.emit(ReloadEvent::Detected { paths });
+        } else {
+            tracing::debug!("retrying files that failed to build");
+        }
         // A failed background build is reported through events and status.
         let _ = self.reload(Some(fingerprint), None, false).await;
     }
@@ -470,15 +488,17 @@ impl Shared {
     /// `always` for a manual reload, whose caller asked.
     fn record_failure(&self, error: ReloadError, fingerprint: Option<Fingerprint>, always: bool) {
         let message = error.to_string();
+        let cause = error.cause();
         let mut state = self.state();
         let repeated = state
             .last_failure
             .as_ref()
-            .is_some_and(|last| last.message == message && last.fingerprint == fingerprint);
+            .is_some_and(|last| last.cause == cause && last.fingerprint == fingerprint);
         state.last_failure = Some(Failure {
-            message: message.clone(),
+            cause,
             fingerprint,
             at: Instant::now(),
+            skip_reported: false,
         });
         if repeated && !always {
             drop(state);
