@@ -16,6 +16,7 @@ use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
 use tls_reload_detect::{Detector, Strategy};
 
+use crate::deadline::{Deadline, Deadlines};
 use crate::shared::{DetectorSource, Settings, Shared, Start};
 use crate::{Events, Incoming, ReloadError, Status};
 
@@ -80,7 +81,7 @@ impl ReloadingAcceptor {
         let config = self.shared.config_for_accept();
         Accept {
             handshake: futures_rustls::TlsAcceptor::from(config).accept(io),
-            timeout: self.shared.settings.handshake_timeout.map(Timer::after),
+            timeout: self.shared.deadlines.as_ref().and_then(Deadlines::start),
         }
     }
 
@@ -326,7 +327,7 @@ impl fmt::Debug for Builder {
 #[must_use = "futures do nothing unless polled"]
 pub struct Accept<IO> {
     handshake: futures_rustls::Accept<IO>,
-    timeout: Option<Timer>,
+    timeout: Option<Deadline>,
 }
 
 impl<IO> Future for Accept<IO>

@@ -65,6 +65,7 @@
 )]
 
 mod acceptor;
+mod deadline;
 mod error;
 mod incoming;
 mod shared;

@@ -11,6 +11,7 @@ use rustls::ServerConfig;
 use tls_reload_build::{Built, Materials, Template};
 use tls_reload_detect::{Composite, Detector, Fingerprint, Strategy};
 
+use crate::deadline::Deadlines;
 use crate::error::Cause;
 use crate::{ReloadError, ReloadEvent, Reloaded, SkipReason, Status};
 
@@ -82,6 +83,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     subscribers: Mutex<Vec<async_channel::Sender<ReloadEvent>>>,
     pub(crate) settings: Settings,
+    /// Handshake deadlines, when handshakes have a timeout.
+    pub(crate) deadlines: Option<Deadlines>,
     /// Never sent on: dropped with the last handle, which ends the reloaders.
     _alive: async_channel::Sender<()>,
     pub(crate) alive: async_channel::Receiver<()>,
@@ -192,6 +195,7 @@ impl Shared {
                 detected: None,
             }),
             subscribers: Mutex::new(Vec::new()),
+            deadlines: start.settings.handshake_timeout.map(Deadlines::new),
             settings: start.settings,
             _alive: alive_tx,
             alive: alive_rx,
