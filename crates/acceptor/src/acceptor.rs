@@ -237,6 +237,11 @@ impl Builder {
 
     /// Bounds every handshake; `None` lets a handshake wait forever.
     /// Default 10 s.
+    ///
+    /// A handshake times out after at least this long and at most a
+    /// thirty-second of it more (never more than 250 ms more): handshakes
+    /// starting close together share one timer, so a busy server does not
+    /// wake the timer thread for every connection.
     pub fn handshake_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.handshake_timeout = timeout.into();
         self
