@@ -284,8 +284,11 @@ impl Shared {
         };
         if committed.as_ref() == Some(&fingerprint) {
             // Back to what is served (a file that went missing came back as
-            // it was): a new failure is news again.
-            self.state().last_failure = None;
+            // it was): a new failure or change is news again.
+            let mut state = self.state();
+            state.last_failure = None;
+            state.detected = None;
+            drop(state);
             tracing::trace!("no change");
             return;
         }
@@ -416,23 +419,18 @@ impl Shared {
         });
         self.promote();
         let state = self.state();
-        if state.applied_ticket == ticket {
-            Ok(Reloaded {
-                generation: state.generation,
-                leaf: built.leaf().clone(),
-                resumption: built.resumption(),
-            })
-        } else if state.applied_ticket > ticket || ticket < state.min_ticket || epoch != state.epoch
-        {
-            Err(ReloadError::Superseded)
-        } else {
-            // Taken by a concurrent accept that is applying it right now.
-            Ok(Reloaded {
-                generation: state.generation,
-                leaf: built.leaf().clone(),
-                resumption: built.resumption(),
-            })
+        // Not applied by this call: either overtaken, or taken from the slot
+        // by a concurrent accept that is applying it right now.
+        let overtaken = state.applied_ticket != ticket
+            && (state.applied_ticket > ticket || ticket < state.min_ticket || epoch != state.epoch);
+        if overtaken {
+            return Err(ReloadError::Superseded);
         }
+        Ok(Reloaded {
+            generation: state.generation,
+            leaf: built.leaf().clone(),
+            resumption: built.resumption(),
+        })
     }
 
     fn is_stale(&self, ticket: u64, epoch: u64) -> bool {
