@@ -10,14 +10,14 @@ use std::time::Duration;
 use async_io::Timer;
 use futures::future::{self, Either};
 use futures::io::{AsyncRead, AsyncWrite};
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream};
 use futures_rustls::server::TlsStream;
 use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
 use tls_reload_detect::{Detector, Strategy};
 
 use crate::deadline::{Deadline, Deadlines};
-use crate::shared::{DetectorSource, Settings, Shared, Start};
+use crate::shared::{DetectorSource, Reconfigure, Settings, Shared, Start};
 use crate::{Events, Incoming, ReloadError, Status};
 
 /// How often the reloader checks the files unless told otherwise.
@@ -124,19 +124,15 @@ impl ReloadingAcceptor {
     /// nothing changes and the error is returned. The reloader watches the
     /// new paths from then on.
     pub async fn set_materials(&self, materials: Materials) -> Result<Reloaded, ReloadError> {
-        let template = self.shared.template();
-        self.shared
-            .reload(None, Some((materials, template)), true)
-            .await
+        let change = Reconfigure::Materials(materials);
+        self.shared.reload(None, Some(change), true).await
     }
 
     /// Switches to another template (provider, protocol versions, ALPN,
     /// client auth), building it first: on error, nothing changes.
     pub async fn set_template(&self, template: Template) -> Result<Reloaded, ReloadError> {
-        let materials = self.shared.materials();
-        self.shared
-            .reload(None, Some((materials, template)), true)
-            .await
+        let change = Reconfigure::Template(template);
+        self.shared.reload(None, Some(change), true).await
     }
 
     /// The config new handshakes get now.
@@ -173,12 +169,13 @@ async fn run_reloader(
     alive: async_channel::Receiver<()>,
     interval: Duration,
 ) {
-    let mut timer = Timer::interval(interval);
+    // Re-armed after each check rather than `Timer::interval`, which fires
+    // the ticks it missed back to back after a slow check.
+    let mut timer = Timer::after(interval);
     loop {
-        let tick = timer.next();
         let stop = alive.recv();
         futures::pin_mut!(stop);
-        if let Either::Right(_) = future::select(tick, stop).await {
+        if let Either::Right(_) = future::select(&mut timer, stop).await {
             tracing::debug!("acceptor dropped; reloader stops");
             return;
         }
@@ -186,6 +183,8 @@ async fn run_reloader(
             return;
         };
         shared.tick().await;
+        drop(shared);
+        timer.set_after(interval);
     }
 }
 
@@ -222,9 +221,9 @@ impl Builder {
         self
     }
 
-    /// How often the reloader checks the files. Default 1 s.
+    /// How often the reloader checks the files. Default 1 s; at least 1 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.settings.interval = interval;
+        self.settings.interval = interval.max(Duration::from_millis(1));
         self
     }
 

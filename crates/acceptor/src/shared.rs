@@ -53,6 +53,14 @@ impl fmt::Debug for DetectorSource {
     }
 }
 
+/// What a reconfiguration changes; the other half is taken as it stands
+/// when the reconfiguration takes its ticket.
+#[derive(Debug)]
+pub(crate) enum Reconfigure {
+    Materials(Materials),
+    Template(Template),
+}
+
 /// A built config waiting to be applied at the next accept.
 struct Pending {
     ticket: u64,
@@ -239,20 +247,14 @@ impl Shared {
         self.state().current.clone()
     }
 
-    pub(crate) fn template(&self) -> Template {
-        self.state().template.clone()
-    }
-
-    pub(crate) fn materials(&self) -> Materials {
-        self.state().materials.clone()
-    }
-
     pub(crate) fn subscribe(&self) -> async_channel::Receiver<ReloadEvent> {
         let (tx, rx) = async_channel::bounded(256);
-        self.subscribers
+        let mut subscribers = self
+            .subscribers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(tx);
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|tx| !tx.is_closed());
+        subscribers.push(tx);
         rx
     }
 
@@ -335,16 +337,20 @@ impl Shared {
     pub(crate) async fn reload(
         &self,
         fingerprint: Option<Fingerprint>,
-        reconfigure: Option<(Materials, Template)>,
+        reconfigure: Option<Reconfigure>,
         manual: bool,
     ) -> Result<Reloaded, ReloadError> {
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
-        let (materials, template, previous, detector, mut epoch) = {
+        let (materials, template, previous, detector, epoch) = {
             let mut state = self.state();
             if manual {
                 // Whatever started before this must not land after it.
                 state.min_ticket = state.min_ticket.max(ticket);
             }
+            let reconfigure = reconfigure.map(|change| match change {
+                Reconfigure::Materials(materials) => (materials, state.template.clone()),
+                Reconfigure::Template(template) => (state.materials.clone(), template),
+            });
             match reconfigure {
                 Some((materials, template)) => {
                     let detector = state.source.make(&materials, &template);
@@ -394,6 +400,8 @@ impl Shared {
             hook().await;
         }
         if let Some(detector) = detector {
+            // Switch and apply in one step: a background build from the old
+            // materials (an older epoch) can then never land after it.
             let mut state = self.state();
             if ticket < state.min_ticket {
                 return Err(ReloadError::Superseded);
@@ -401,14 +409,23 @@ impl Shared {
             state.materials = materials;
             state.template = template;
             state.detector = detector;
-            state.committed = None;
             state.epoch += 1;
-            epoch = state.epoch;
+            if let Some(stale) = self.pending.swap(None) {
+                retire(stale);
+            }
+            let applied = Pending {
+                ticket,
+                epoch: state.epoch,
+                built,
+                fingerprint,
+                manual,
+            };
+            return Ok(self.apply(state, &applied).into());
         }
         let mine = Arc::new(Pending {
             ticket,
             epoch,
-            built: built.clone(),
+            built,
             fingerprint,
             manual,
         });
@@ -417,20 +434,23 @@ impl Shared {
             Some(waiting) if waiting.ticket > ticket => Some(waiting.clone()),
             _ => Some(mine.clone()),
         });
-        self.promote();
-        let state = self.state();
-        // Not applied by this call: either overtaken, or taken from the slot
-        // by a concurrent accept that is applying it right now.
-        let overtaken = state.applied_ticket != ticket
-            && (state.applied_ticket > ticket || ticket < state.min_ticket || epoch != state.epoch);
-        if overtaken {
-            return Err(ReloadError::Superseded);
+        match self.promote() {
+            Some(reloaded) if reloaded.ticket == ticket => Ok(reloaded.into()),
+            // Applied by a concurrent promote (which holds the lock while it
+            // takes from the slot and applies, so it is done by now).
+            _ => {
+                let state = self.state();
+                if state.applied_ticket == ticket {
+                    Ok(Reloaded {
+                        generation: state.generation,
+                        leaf: mine.built.leaf().clone(),
+                        resumption: mine.built.resumption(),
+                    })
+                } else {
+                    Err(ReloadError::Superseded)
+                }
+            }
         }
-        Ok(Reloaded {
-            generation: state.generation,
-            leaf: built.leaf().clone(),
-            resumption: built.resumption(),
-        })
     }
 
     fn is_stale(&self, ticket: u64, epoch: u64) -> bool {
@@ -439,51 +459,61 @@ impl Shared {
     }
 
     /// Applies the pending config, if any and if no newer one was applied.
-    fn promote(&self) {
-        let Some(pending) = self.pending.swap(None) else {
-            return;
-        };
-        let mut state = self.state();
+    fn promote(&self) -> Option<Applied> {
+        // The lock is taken before the slot is emptied, so once a promote
+        // returns, whatever it took has been applied or dropped.
+        let state = self.state();
+        let pending = self.pending.swap(None)?;
         if pending.ticket < state.min_ticket
             || pending.ticket <= state.applied_ticket
             || pending.epoch != state.epoch
         {
             drop(state);
             tracing::debug!(ticket = pending.ticket, "dropped a stale build");
-            return self.emit(ReloadEvent::Skipped {
+            retire(pending);
+            self.emit(ReloadEvent::Skipped {
                 reason: SkipReason::Stale,
             });
+            return None;
         }
-        let old_config = self.config.swap(pending.built.config().clone());
+        Some(self.apply(state, &pending))
+    }
+
+    /// Serves `applied` from now on; `state` is the held lock.
+    fn apply(&self, mut state: MutexGuard<'_, State>, applied: &Pending) -> Applied {
+        let old_config = self.config.swap(applied.built.config().clone());
         let now = SystemTime::now();
-        let old_built = std::mem::replace(&mut state.current, pending.built.clone());
-        state.applied_ticket = pending.ticket;
+        let old_built = std::mem::replace(&mut state.current, applied.built.clone());
+        state.applied_ticket = state.applied_ticket.max(applied.ticket);
         state.generation += 1;
         state.applied_at = now;
         state.last_reload_at = Some(now);
         state.reloads_applied += 1;
         state.last_failure = None;
-        if pending.fingerprint.is_some() {
-            state.committed = pending.fingerprint.clone();
-        }
+        // Without a fingerprint (it could not be taken), nothing is known to
+        // match the served files: the next check rebuilds.
+        state.committed = applied.fingerprint.clone();
         let generation = state.generation;
         drop(state);
-        // Freeing a config with a large client CA store takes a while; when
-        // these are the last references, do it off the executor.
-        blocking::unblock(move || drop((old_config, old_built))).detach();
-        let leaf = pending.built.leaf();
+        retire((old_config, old_built));
+        let leaf = applied.built.leaf();
         tracing::info!(
             generation,
             serial = %leaf.serial_hex(),
             subject = %leaf.subject,
-            resumption = ?pending.built.resumption(),
+            resumption = ?applied.built.resumption(),
             "tls reload applied"
         );
         self.emit(ReloadEvent::Applied {
             generation,
             leaf: leaf.clone(),
-            manual: pending.manual,
+            manual: applied.manual,
         });
+        Applied {
+            ticket: applied.ticket,
+            generation,
+            built: applied.built.clone(),
+        }
     }
 
     /// Records and reports a failure: once per distinct cause and files, or
@@ -513,6 +543,30 @@ impl Shared {
         tracing::warn!(error = %message, "tls reload failed; keeping the last good config");
         self.emit(ReloadEvent::Failed { error });
     }
+}
+
+/// What [`Shared::apply`] applied.
+pub(crate) struct Applied {
+    ticket: u64,
+    generation: u64,
+    built: Arc<Built>,
+}
+
+impl From<Applied> for Reloaded {
+    fn from(applied: Applied) -> Self {
+        Self {
+            generation: applied.generation,
+            leaf: applied.built.leaf().clone(),
+            resumption: applied.built.resumption(),
+        }
+    }
+}
+
+/// Drops `value` on the blocking pool: freeing a config with a large client
+/// CA store takes a while, and when these are the last references it should
+/// not happen on the executor.
+fn retire<T: Send + 'static>(value: T) {
+    blocking::unblock(move || drop(value)).detach();
 }
 
 impl fmt::Debug for Shared {

@@ -74,6 +74,18 @@ pub(crate) fn path_bytes(path: &Path) -> &[u8] {
     path.as_os_str().as_encoded_bytes()
 }
 
+/// A directory entry that was listed but is gone when opened (a renewer's
+/// temporary file, say) is simply not there: `None`, not an error.
+pub(crate) fn vanished_is_none<T>(
+    result: Result<T, DetectError>,
+) -> Result<Option<T>, DetectError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(DetectError::NotFound { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// SHA-256 of a file's bytes, reading at most `limit` bytes.
 pub(crate) fn hash_file(
     path: &Path,

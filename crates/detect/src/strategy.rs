@@ -58,7 +58,11 @@ impl ContentHash {
             Target::Dir(_) => {
                 let mut parts = Vec::new();
                 for (file, meta) in fs::dir_files(path)? {
-                    let digest = fs::hash_file(&file, &meta, self.limit)?;
+                    let Some(digest) =
+                        fs::vanished_is_none(fs::hash_file(&file, &meta, self.limit))?
+                    else {
+                        continue;
+                    };
                     parts.push((file, Fingerprint::from_digest(digest)));
                 }
                 Ok(Fingerprint::from_parts(parts))
@@ -258,7 +262,12 @@ impl Combined {
                 let mut parts = Vec::with_capacity(files.len());
                 let mut trusted = true;
                 for (file, meta) in &files {
-                    let known = self.file_digest(&mut cache.files, file, meta, now)?;
+                    let found = self.file_digest(&mut cache.files, file, meta, now);
+                    let Some(known) = fs::vanished_is_none(found)? else {
+                        // The listing still has it: the next check starts over.
+                        trusted = false;
+                        continue;
+                    };
                     trusted &= known.trusted;
                     parts.push((file.clone(), Fingerprint::from_digest(known.digest)));
                 }

@@ -134,12 +134,17 @@ pub fn watch(detector: impl Detector + 'static, interval: Duration) -> Watch {
         loop {
             let result = match state.timer.as_mut() {
                 None => {
-                    state.timer = Some(async_io::Timer::interval(state.interval));
-                    state.watcher.prime().await.map(|_| None)
+                    let primed = state.watcher.prime().await.map(|_| None);
+                    state.timer = Some(async_io::Timer::after(state.interval));
+                    primed
                 }
                 Some(timer) => {
-                    timer.next().await;
-                    state.watcher.check().await
+                    (&mut *timer).await;
+                    let checked = state.watcher.check().await;
+                    // Re-armed after the check: a slow check delays the next
+                    // one instead of leaving missed ticks to fire back to back.
+                    timer.set_after(state.interval);
+                    checked
                 }
             };
             match result {
