@@ -52,7 +52,7 @@ fn main() -> ExitCode {
                 Ok(tls) => {
                     async_std::task::spawn(common::echo(tls));
                 }
-                Err(error) => tracing::warn!(%error, "accept failed"),
+                Err(error) => common::accept_failed(error).await,
             }
         }
         ExitCode::SUCCESS

@@ -140,7 +140,8 @@ async fn serve(listener: Async<TcpListener>, acceptor: ReloadingAcceptor) {
         Ok(tcp)
     });
     let mut incoming = acceptor.incoming(Box::pin(connections));
-    while let Some(Ok(tls)) = incoming.next().await {
+    while let Some(tls) = incoming.next().await {
+        let Ok(tls) = tls else { continue };
         smol::spawn(async move {
             let (mut reader, mut writer) = tls.split();
             let _ = futures::io::copy(&mut reader, &mut writer).await;

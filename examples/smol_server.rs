@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         while let Some(tls) = incoming.next().await {
             match tls {
                 Ok(tls) => smol::spawn(common::echo(tls)).detach(),
-                Err(error) => tracing::warn!(%error, "accept failed"),
+                Err(error) => common::accept_failed(error).await,
             }
         }
         ExitCode::SUCCESS

@@ -44,14 +44,25 @@ struct Server {
 
 impl Server {
     fn start(name: &str, args: &[&str]) -> Self {
+        let listen = [args, &["--listen", "127.0.0.1:0"]].concat();
+        let mut server = Self::spawn(name, &listen);
+        let line = server.expect_line("listening on ");
+        server.addr = line["listening on ".len()..]
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: bad listening line {line:?}: {e}"));
+        assert_ne!(server.addr.port(), 0, "the real port is printed");
+        server
+    }
+
+    /// Starts any example with these arguments, reading its stdout.
+    fn spawn(name: &str, args: &[&str]) -> Self {
         let mut child = Command::new(example(name))
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the server");
+            .expect("start the example");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -62,18 +73,12 @@ impl Server {
                 }
             }
         });
-        let mut server = Self {
+        Self {
             child,
             lines,
             seen: Vec::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let line = server.expect_line("listening on ");
-        server.addr = line["listening on ".len()..]
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}: bad listening line {line:?}: {e}"));
-        assert_ne!(server.addr.port(), 0, "the real port is printed");
-        server
+        }
     }
 
     /// The next stdout line starting with `prefix`, skipping others, within
@@ -198,33 +203,55 @@ fn rotation_prints_applied_and_failed_lines_and_serves_the_new_certificate() {
 }
 
 #[test]
-fn client_ca_requires_a_client_certificate() {
+fn client_ca_and_client_ca_dir_require_a_client_certificate() {
     for name in SERVERS {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (ca, clients) = (Ca::new("server CA"), Ca::new("client CA"));
-        let materials = write_pair(dir.path(), &ca.leaf(0x1401));
-        let bundle = dir.path().join("clients.pem");
-        std::fs::write(&bundle, clients.pem()).expect("write CA");
-        let server = Server::start(
-            name,
-            &[
-                "--cert",
-                path_str(materials.cert()),
-                "--key",
-                path_str(materials.key()),
-                "--client-ca",
-                path_str(&bundle),
-            ],
-        );
-        let anonymous = client_config(&ca, None);
-        assert!(
-            smol::block_on(fetch_serial(server.addr, &anonymous)).is_err(),
-            "{name}: a client without a certificate is refused"
-        );
-        let client = clients.leaf(0x1402);
-        let authenticated = client_config(&ca, Some(&client));
-        smol::block_on(fetch_serial(server.addr, &authenticated))
-            .expect("a client of the CA is admitted");
+        for flag in ["--client-ca", "--client-ca-dir"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (ca, clients) = (Ca::new("server CA"), Ca::new("client CA"));
+            let materials = write_pair(dir.path(), &ca.leaf(0x1401));
+            let trust = if flag == "--client-ca" {
+                dir.path().join("clients.pem")
+            } else {
+                let cas = dir.path().join("clients.d");
+                std::fs::create_dir(&cas).expect("mkdir");
+                cas
+            };
+            let bundle = if flag == "--client-ca" {
+                trust.clone()
+            } else {
+                trust.join("client-ca.pem")
+            };
+            std::fs::write(&bundle, clients.pem()).expect("write CA");
+            let server = Server::start(
+                name,
+                &[
+                    "--cert",
+                    path_str(materials.cert()),
+                    "--key",
+                    path_str(materials.key()),
+                    flag,
+                    path_str(&trust),
+                ],
+            );
+            let anonymous = client_config(&ca, None);
+            assert!(
+                smol::block_on(fetch_serial(server.addr, &anonymous)).is_err(),
+                "{name} {flag}: a client without a certificate is refused"
+            );
+            let stranger = Ca::new("stranger").leaf(0x1403);
+            assert!(
+                smol::block_on(fetch_serial(
+                    server.addr,
+                    &client_config(&ca, Some(&stranger))
+                ))
+                .is_err(),
+                "{name} {flag}: a client of another CA is refused"
+            );
+            let client = clients.leaf(0x1402);
+            let authenticated = client_config(&ca, Some(&client));
+            smol::block_on(fetch_serial(server.addr, &authenticated))
+                .unwrap_or_else(|e| panic!("{name} {flag}: a client of the CA is admitted: {e}"));
+        }
     }
 }
 
@@ -294,17 +321,66 @@ fn bad_arguments_exit_with_usage() {
 }
 
 #[test]
-fn every_detector_and_the_handshake_timeout_are_accepted() {
+fn the_detector_flag_decides_whether_a_touch_is_a_change() {
+    // Under `metadata` a touch is a change (the same certificate is applied
+    // again); under `hash` and `combined` it is not, so the first reload
+    // applied is the real rotation that follows.
+    for (name, detector, touch_reloads) in [
+        ("smol_server", "metadata", true),
+        ("async_std_server", "combined", false),
+        ("smol_server", "hash", false),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("CA");
+        let (first, second) = (ca.leaf(0x1601), ca.leaf(0x1602));
+        let materials = write_pair(dir.path(), &first);
+        let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
+        let mut server = Server::start(
+            name,
+            &[
+                "--cert",
+                cert,
+                "--key",
+                key,
+                "--detector",
+                detector,
+                "--interval-ms",
+                "20",
+            ],
+        );
+        // Let the file's timestamp move on, so the touch changes it.
+        std::thread::sleep(Duration::from_millis(20));
+        let touched = Command::new("touch").arg(cert).status().expect("touch");
+        assert!(touched.success());
+        if touch_reloads {
+            let applied = server.expect_line("reload applied ");
+            assert_eq!(
+                applied,
+                format!("reload applied generation=2 serial={}", first.serial_hex()),
+                "{name} --detector {detector}"
+            );
+            continue;
+        }
+        // Ten ticks for the touch to be (not) noticed, then a real rotation.
+        std::thread::sleep(Duration::from_millis(200));
+        write_atomic(materials.key(), second.key_pem());
+        write_atomic(materials.cert(), second.cert_pem());
+        let applied = server.expect_line("reload applied ");
+        assert_eq!(
+            applied,
+            format!("reload applied generation=2 serial={}", second.serial_hex()),
+            "{name} --detector {detector}: the touch must not have applied a reload"
+        );
+    }
+}
+
+#[test]
+fn a_silent_client_is_cut_off_after_the_handshake_timeout() {
+    use std::io::Read;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("CA");
-    let first = ca.leaf(0x1601);
-    let materials = write_pair(dir.path(), &first);
-    let config = client_config(&ca, None);
-    for (name, detector) in [
-        ("smol_server", "hash"),
-        ("async_std_server", "metadata"),
-        ("smol_server", "combined"),
-    ] {
+    let materials = write_pair(dir.path(), &ca.leaf(0x1701));
+    for name in SERVERS {
         let server = Server::start(
             name,
             &[
@@ -312,13 +388,91 @@ fn every_detector_and_the_handshake_timeout_are_accepted() {
                 path_str(materials.cert()),
                 "--key",
                 path_str(materials.key()),
-                "--detector",
-                detector,
                 "--handshake-timeout-ms",
-                "500",
+                "300",
             ],
         );
-        let served = smol::block_on(fetch_serial(server.addr, &config)).expect("handshake");
-        assert_eq!(served, first.serial_hex(), "{name} --detector {detector}");
+        let mut silent = std::net::TcpStream::connect(server.addr).expect("connect");
+        silent
+            .set_read_timeout(Some(DEADLINE))
+            .expect("read timeout");
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = silent.read(&mut buf);
+        let waited = started.elapsed();
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut),
+            "{name}: the server closes the silent connection: {read:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(250),
+            "{name}: closed too early: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "{name}: closed too late: {waited:?}"
+        );
+    }
+}
+
+#[test]
+fn watch_files_prints_a_line_per_change_and_per_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tls.crt");
+    let cas = dir.path().join("ca.d");
+    std::fs::create_dir(&cas).expect("mkdir");
+    std::fs::write(&file, "one").expect("write");
+    std::fs::write(cas.join("a.pem"), "a").expect("write");
+    let mut watch = Server::spawn(
+        "watch_files",
+        &["--interval-ms", "20", path_str(&file), path_str(&cas)],
+    );
+    // Give it time to take its baseline, then change things one by one.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&file, "two").expect("write");
+    assert_eq!(
+        watch.expect_line("changed: "),
+        format!("changed: {}", file.display())
+    );
+    let added = cas.join("b.pem");
+    std::fs::write(&added, "b").expect("write");
+    assert_eq!(
+        watch.expect_line("changed: "),
+        format!("changed: {}", added.display())
+    );
+    std::fs::remove_file(&file).expect("remove");
+    let error = watch.expect_line("error: ");
+    assert!(
+        error.contains(path_str(&file)) && error.contains("not found"),
+        "{error}"
+    );
+    std::fs::write(&file, "three").expect("write");
+    assert_eq!(
+        watch.expect_line("changed: "),
+        format!("changed: {}", file.display())
+    );
+    assert!(
+        !watch
+            .seen
+            .iter()
+            .any(|line| line.starts_with("error: ") && line != &error),
+        "one error line for the missing file: {:?}",
+        watch.seen
+    );
+
+    for args in [
+        &[][..],
+        &["--detector", "inotify", "x"],
+        &["--interval-ms", "0", "x"],
+    ] {
+        let output = Command::new(example("watch_files"))
+            .args(args)
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "watch_files {args:?}");
     }
 }

@@ -82,6 +82,9 @@ impl Args {
         if interval.is_zero() {
             return Err("--interval-ms must be at least 1".into());
         }
+        if handshake_timeout.is_zero() {
+            return Err("--handshake-timeout-ms must be at least 1".into());
+        }
         let listen = listen
             .to_socket_addrs()
             .map_err(|e| format!("--listen {listen}: {e}"))?
@@ -145,6 +148,13 @@ pub(crate) async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> +
             say(format_args!("{event}"));
         }
     }
+}
+
+/// Logs a failed `accept` and pauses, so an error that repeats (out of file
+/// descriptors, say) does not spin the accept loop.
+pub(crate) async fn accept_failed(error: std::io::Error) {
+    tracing::warn!(%error, "accept failed");
+    async_io::Timer::after(Duration::from_millis(100)).await;
 }
 
 /// Echoes what the client sends until it closes its side.
