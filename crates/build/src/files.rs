@@ -70,6 +70,14 @@ fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, BuildError> {
         path: path.to_owned(),
         cap,
     };
+    // Opening a FIFO or a device could block or never end: only regular
+    // files (after symlinks) are read.
+    if !fs::metadata(path).map_err(read_err)?.is_file() {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     let file = File::open(path).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
     if len > cap {

@@ -65,13 +65,29 @@ fn file_over_the_cap() {
 }
 
 #[test]
-fn file_growing_past_the_cap_while_read() {
-    // /dev/zero reports a length of 0 and never ends: only the capped read stops it.
+fn a_device_or_a_fifo_is_refused_without_being_read() {
+    // /dev/zero never ends and opening a FIFO blocks until a writer comes:
+    // neither may hang a build.
     let f = Fixture::new();
-    let zero = Path::new("/dev/zero");
-    let err = refuse(&Materials::new(zero, &f.key), &template());
-    assert!(matches!(err, BuildError::TooLarge { .. }), "{err:?}");
-    assert_names(&err, zero);
+    let fifo = f.dir.path().join("tls.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    for path in [Path::new("/dev/zero"), fifo.as_path()] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let materials = Materials::new(path, &f.key);
+        std::thread::spawn(move || {
+            let _ = tx.send(refuse(&materials, &template()));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("reading {} hung", path.display()));
+        assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_names(&err, path);
+    }
 }
 
 #[test]
