@@ -11,7 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{client_config, fetch_serial, write_atomic, write_pair, Ca, DEADLINE};
+use common::{client_config, fetch_serial, write_atomic, write_pair, Ca, Leaf, DEADLINE};
+use tls_reload::acceptor::Materials;
 
 const SERVERS: [&str; 2] = ["smol_server", "async_std_server"];
 
@@ -136,6 +137,24 @@ fn run_to_exit(name: &str, args: &[&str]) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// Writes `leaf` over the pair (key first, then certificate) and expects
+/// the server's first applied reload to serve it as generation 2.
+fn rotate_expecting_generation_2(
+    server: &mut Server,
+    materials: &Materials,
+    leaf: &Leaf,
+    context: &str,
+) {
+    write_atomic(materials.key(), leaf.key_pem());
+    write_atomic(materials.cert(), leaf.cert_pem());
+    let applied = server.expect_line("reload applied ");
+    assert_eq!(
+        applied,
+        format!("reload applied generation=2 serial={}", leaf.serial_hex()),
+        "{context}"
+    );
+}
+
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
@@ -161,14 +180,7 @@ fn rotation_prints_applied_and_failed_lines_and_serves_the_new_certificate() {
         );
 
         // Key first, then the certificate: the reloader may see a mismatch in between.
-        write_atomic(materials.key(), second.key_pem());
-        write_atomic(materials.cert(), second.cert_pem());
-        let applied = server.expect_line("reload applied ");
-        assert_eq!(
-            applied,
-            format!("reload applied generation=2 serial={}", second.serial_hex()),
-            "{name}"
-        );
+        rotate_expecting_generation_2(&mut server, &materials, &second, name);
         let served =
             smol::block_on(fetch_serial(server.addr, &config)).expect("handshake after rotation");
         assert_eq!(served, second.serial_hex(), "{name}");
@@ -361,16 +373,12 @@ fn the_detector_flag_decides_whether_a_touch_is_a_change() {
             );
             continue;
         }
-        // Ten ticks for the touch to be (not) noticed, then a real rotation.
+        // Ten ticks for the touch to be (not) noticed, then a real rotation:
+        // the first reload applied must be that one.
         std::thread::sleep(Duration::from_millis(200));
-        write_atomic(materials.key(), second.key_pem());
-        write_atomic(materials.cert(), second.cert_pem());
-        let applied = server.expect_line("reload applied ");
-        assert_eq!(
-            applied,
-            format!("reload applied generation=2 serial={}", second.serial_hex()),
-            "{name} --detector {detector}: the touch must not have applied a reload"
-        );
+        let context =
+            format!("{name} --detector {detector}: the touch must not have applied a reload");
+        rotate_expecting_generation_2(&mut server, &materials, &second, &context);
     }
 }
 

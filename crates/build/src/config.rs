@@ -260,7 +260,7 @@ impl Trust {
                 digest.update(cert);
             }
             files.push(path);
-            loaded.push(file);
+            loaded.push((file.path, certs));
         }
         let digest: [u8; 32] = digest.finalize().into();
 
@@ -278,9 +278,9 @@ impl Trust {
         }
 
         let mut roots = RootCertStore::empty();
-        for (i, file) in loaded.iter().enumerate() {
+        for (i, (path, certs)) in loaded.into_iter().enumerate() {
             step_aside(i);
-            files::add_ca_file(file, &mut roots)?;
+            files::add_ca_certs(&path, certs, &mut roots)?;
         }
 
         let builder =

@@ -121,27 +121,28 @@ pub(crate) fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     Ok(files)
 }
 
-/// Adds every certificate of a CA file to `roots`; returns them. Fails when
+/// Adds the certificates read from the CA file `path` to `roots`. Fails when
 /// none of them is usable as a trust anchor.
-pub(crate) fn add_ca_file(
-    file: &PemFile,
+pub(crate) fn add_ca_certs(
+    path: &Path,
+    certs: Vec<CertificateDer<'static>>,
     roots: &mut RootCertStore,
-) -> Result<Vec<CertificateDer<'static>>, BuildError> {
-    let certs = file.certificates();
-    let (valid, invalid) = roots.add_parsable_certificates(certs.iter().cloned());
+) -> Result<(), BuildError> {
+    let found = certs.len();
+    let (valid, invalid) = roots.add_parsable_certificates(certs);
     if valid == 0 {
         return Err(BuildError::NoUsableCa {
-            path: file.path.clone(),
-            found: certs.len(),
+            path: path.to_owned(),
+            found,
         });
     }
     if invalid > 0 {
         tracing::warn!(
-            file = %file.path.display(),
+            file = %path.display(),
             ignored = invalid,
             used = valid,
             "ignored client CA certificates that are not usable as trust anchors"
         );
     }
-    Ok(certs)
+    Ok(())
 }
