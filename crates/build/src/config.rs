@@ -1,5 +1,5 @@
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,9 +9,14 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
-use crate::files::{self, PemFile};
+use rustls::pki_types::PrivateKeyDer;
+
+use crate::error::CertProblem;
+use crate::files::{self, CertSection, PemFile};
+use crate::leaf::parse_x509;
+use crate::pem::Label;
 use crate::template::builtin;
-use crate::{BuildError, ClientAuth, LeafInfo, Materials, Template};
+use crate::{BuildError, ClientAuth, LeafInfo, MaterialBytes, Materials, Template};
 
 /// A built server config, with what a status page needs to know about it.
 pub struct Built {
@@ -24,6 +29,7 @@ pub struct Built {
     /// The client verifier and the provider it was built with, reused by the
     /// next build when the trust is byte for byte the same.
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    ca_names_sent: bool,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -60,6 +66,14 @@ impl Built {
     pub fn resumption(&self) -> Resumption {
         self.resumption
     }
+
+    /// Whether the server names its client CAs when it asks for a client
+    /// certificate. False without client auth, and when the names do not
+    /// fit in a TLS CertificateRequest (about 1,950 CAs or more): they are
+    /// then left out rather than break every handshake.
+    pub fn sends_ca_names(&self) -> bool {
+        self.ca_names_sent
+    }
 }
 
 impl fmt::Debug for Built {
@@ -84,41 +98,53 @@ pub fn build_blocking(
     template: &Template,
     previous: Option<&Built>,
 ) -> Result<Built, BuildError> {
-    let cap = template.max_file_size;
+    let bytes = MaterialBytes::read(materials, template.max_file_size)?;
+    build_from_bytes(&bytes, template, previous)
+}
+
+/// Builds a server config from materials already read, on the calling
+/// thread: the parsing and every check of [`build_blocking`], without the
+/// file system.
+pub fn build_from_bytes(
+    bytes: &MaterialBytes,
+    template: &Template,
+    previous: Option<&Built>,
+) -> Result<Built, BuildError> {
     let provider = &template.provider;
+    let cert_path = bytes.cert.path.as_path();
+    let key_path = bytes.key.path.as_path();
 
-    let cert_file = PemFile::read(materials.cert(), cap)?;
+    let mut cert_file = PemFile::parse(cert_path, &bytes.cert.bytes)?;
     let chain = cert_file.certificates();
-    let leaf = match chain.first() {
-        Some(der) => LeafInfo::parse(materials.cert(), der)?,
-        None => {
-            return Err(BuildError::NoCertificate {
-                path: materials.cert().to_owned(),
-            })
-        }
-    };
+    if chain.is_empty() {
+        return Err(BuildError::NoCertificate {
+            path: cert_path.to_owned(),
+            found: cert_file.labels(),
+        });
+    }
+    let leaf = check_chain(cert_path, &chain)?;
 
-    let key_file = PemFile::read(materials.key(), cap)?;
-    let key_der = key_file
-        .into_private_key()
-        .ok_or_else(|| BuildError::NoPrivateKey {
-            path: materials.key().to_owned(),
-        })?;
+    let key_file = PemFile::parse(key_path, &bytes.key.bytes)?;
+    let key_der = key_file.into_private_key()?;
+    let label = match &key_der {
+        PrivateKeyDer::Pkcs1(_) => Label::RsaPrivateKey,
+        PrivateKeyDer::Sec1(_) => Label::EcPrivateKey,
+        _ => Label::PrivateKey,
+    };
     let key = provider
         .key_provider
         .load_private_key(key_der)
-        .map_err(|source| BuildError::BadPrivateKey {
-            path: materials.key().to_owned(),
-            source,
+        .map_err(|_| BuildError::BadPrivateKey {
+            path: key_path.to_owned(),
+            label,
         })?;
-    let certified = CertifiedKey::new(chain, key);
-    check_key_matches(&certified, materials)?;
+    let certified = CertifiedKey::new(chain.into_iter().map(|cert| cert.der).collect(), key);
+    check_key_matches(&certified, cert_path, key_path)?;
     if template.check_validity {
-        leaf.check_validity(materials.cert(), SystemTime::now())?;
+        leaf.check_validity(cert_path, SystemTime::now())?;
     }
 
-    let mut files = vec![materials.cert().to_owned(), materials.key().to_owned()];
-    let trust = Trust::load(materials, template, previous, &mut files)?;
+    let trust = Trust::load(bytes, template, previous)?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&template.versions)
@@ -150,6 +176,7 @@ pub fn build_blocking(
         _ => Resumption::Fresh,
     };
 
+    let files: Vec<PathBuf> = bytes.names().map(Path::to_owned).collect();
     tracing::debug!(
         serial = %leaf.serial_hex(),
         subject = %leaf.subject,
@@ -164,8 +191,40 @@ pub fn build_blocking(
         resumption,
         continuity,
         verifier: trust.verifier,
+        ca_names_sent: trust.ca_names_sent,
         provider: provider.clone(),
     })
+}
+
+/// Parses every certificate of the chain (a broken intermediate fails
+/// every handshake, so it is refused like a broken leaf), warns when one is
+/// not named as the issuer of the one before it, and describes the leaf.
+fn check_chain(path: &Path, chain: &[CertSection]) -> Result<LeafInfo, BuildError> {
+    let count = chain.len();
+    let mut parsed = Vec::with_capacity(count);
+    for (i, cert) in chain.iter().enumerate() {
+        let x509 = parse_x509(&cert.der).map_err(|problem| BuildError::BadCertificate {
+            path: path.to_owned(),
+            index: i + 1,
+            count,
+            line: Some(cert.line),
+            problem,
+        })?;
+        parsed.push(x509);
+    }
+    for (i, pair) in parsed.windows(2).enumerate() {
+        if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
+            tracing::warn!(
+                file = %path.display(),
+                "certificate {} is not named as the issuer of certificate {}: \
+                 the chain is out of order or holds an unrelated certificate; \
+                 clients that do not search the chain may fail",
+                i + 2,
+                i + 1
+            );
+        }
+    }
+    Ok(LeafInfo::from_x509(&parsed[0], &chain[0].der))
 }
 
 /// Builds a server config from the files on the [`blocking`] thread pool, so
@@ -180,25 +239,28 @@ pub async fn build(
     blocking::unblock(move || build_blocking(&materials, &template, previous.as_deref())).await
 }
 
-fn check_key_matches(certified: &CertifiedKey, materials: &Materials) -> Result<(), BuildError> {
+fn check_key_matches(certified: &CertifiedKey, cert: &Path, key: &Path) -> Result<(), BuildError> {
     match certified.keys_match() {
         Ok(()) => Ok(()),
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
             Err(BuildError::KeyMismatch {
-                key: materials.key().to_owned(),
-                cert: materials.cert().to_owned(),
+                key: key.to_owned(),
+                cert: cert.to_owned(),
             })
         }
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {
             tracing::debug!(
-                key = %materials.key().display(),
+                key = %key.display(),
                 "the provider's signing key exposes no public key; key/certificate match not checked"
             );
             Ok(())
         }
-        Err(other) => Err(BuildError::BadCertificate {
-            path: materials.cert().to_owned(),
-            reason: other.to_string(),
+        Err(_) => Err(BuildError::BadCertificate {
+            path: cert.to_owned(),
+            index: 1,
+            count: certified.cert.len(),
+            line: None,
+            problem: CertProblem::BadPublicKey,
         }),
     }
 }
@@ -213,44 +275,42 @@ fn shares_resumption(previous: &ServerConfig, next: &ServerConfig) -> bool {
 struct Trust {
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     digest: [u8; 32],
+    /// Whether the CertificateRequest names the CAs.
+    ca_names_sent: bool,
 }
 
 impl Trust {
     fn load(
-        materials: &Materials,
+        bytes: &MaterialBytes,
         template: &Template,
         previous: Option<&Built>,
-        files: &mut Vec<PathBuf>,
     ) -> Result<Self, BuildError> {
         let mut digest = Sha256::new();
         digest.update([u8::from(template.session_tickets)]);
 
-        let Some(anchor_path) = materials.client_ca().or(materials.client_ca_dir()) else {
+        let Some(anchor_path) = bytes.client_ca_anchor.as_deref() else {
             digest.update(b"no client auth");
             return Ok(Self {
                 verifier: None,
                 digest: digest.finalize().into(),
+                ca_names_sent: false,
             });
         };
-        let mut ca_files = Vec::new();
-        if let Some(file) = materials.client_ca() {
-            ca_files.push(file.to_owned());
-        }
-        if let Some(dir) = materials.client_ca_dir() {
-            ca_files.extend(files::ca_dir_files(dir)?);
-        }
-
         digest.update(match template.client_auth {
             ClientAuth::Required => b"client auth required",
             ClientAuth::Optional => b"client auth optional",
         });
-        let mut loaded = Vec::with_capacity(ca_files.len());
-        for (i, path) in ca_files.into_iter().enumerate() {
+        let mut loaded = Vec::with_capacity(bytes.client_cas.len());
+        for (i, file) in bytes.client_cas.iter().enumerate() {
             step_aside(i);
-            let file = PemFile::read(&path, template.max_file_size)?;
+            let path = file.path.as_path();
+            let certs: Vec<_> = PemFile::parse(path, &file.bytes)?
+                .certificates()
+                .into_iter()
+                .map(|cert| cert.der)
+                .collect();
             // Each file's path and certificate count delimit its part, so an
             // equal digest means every file holds exactly what it held.
-            let certs = file.certificates();
             let name = path.as_os_str().as_encoded_bytes();
             digest.update((name.len() as u64).to_be_bytes());
             digest.update(name);
@@ -259,8 +319,7 @@ impl Trust {
                 digest.update((cert.len() as u64).to_be_bytes());
                 digest.update(cert);
             }
-            files.push(path);
-            loaded.push((file.path, certs));
+            loaded.push((path, certs));
         }
         let digest: [u8; 32] = digest.finalize().into();
 
@@ -269,22 +328,29 @@ impl Trust {
         // large CA directory that is most of a build).
         let reusable = previous
             .filter(|p| p.continuity == digest && Arc::ptr_eq(&p.provider, &template.provider))
-            .and_then(|p| p.verifier.clone());
-        if let Some(verifier) = reusable {
+            .and_then(|p| p.verifier.clone().map(|v| (v, p.ca_names_sent)));
+        if let Some((verifier, ca_names_sent)) = reusable {
             return Ok(Self {
                 verifier: Some(verifier),
                 digest,
+                ca_names_sent,
             });
         }
 
         let mut roots = RootCertStore::empty();
         for (i, (path, certs)) in loaded.into_iter().enumerate() {
             step_aside(i);
-            files::add_ca_certs(&path, certs, &mut roots)?;
+            files::add_ca_certs(path, certs, &mut roots)?;
         }
+        let ca_names_sent = ca_names_fit(&roots, anchor_path);
 
         let builder =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), template.provider.clone());
+        let builder = if ca_names_sent {
+            builder
+        } else {
+            builder.clear_root_hint_subjects()
+        };
         let builder = match template.client_auth {
             ClientAuth::Required => builder,
             ClientAuth::Optional => builder.allow_unauthenticated(),
@@ -298,15 +364,47 @@ impl Trust {
         Ok(Self {
             verifier: Some(verifier),
             digest,
+            ca_names_sent,
         })
     }
+}
+
+/// The most bytes of CA names a CertificateRequest carries. The list has a
+/// 16-bit length (64 KiB - 1), and in TLS 1.3 it shares the message's
+/// 16-bit extensions block with the signature algorithms: 1 KiB is left for
+/// those.
+pub(crate) const MAX_CA_NAMES_BYTES: usize = 65_535 - 1024;
+
+/// Whether the CA names of `roots` fit in a CertificateRequest. Above the
+/// limit (about 1,950 typical CAs) the message cannot be encoded and every
+/// mTLS handshake would fail, so the names are left out, with a warning:
+/// clients then pick their certificate without the hint, which most do
+/// anyway.
+fn ca_names_fit(roots: &RootCertStore, anchor: &Path) -> bool {
+    let bytes: usize = roots
+        .subjects()
+        .iter()
+        .map(|dn| 2 + dn.as_ref().len())
+        .sum();
+    if bytes <= MAX_CA_NAMES_BYTES {
+        return true;
+    }
+    tracing::warn!(
+        client_ca = %anchor.display(),
+        roots = roots.len(),
+        ca_names_bytes = bytes,
+        limit = MAX_CA_NAMES_BYTES,
+        "the client CA names do not fit in a TLS CertificateRequest; \
+         sending none (clients choose their certificate without the hint)"
+    );
+    false
 }
 
 /// Yields the thread every few CA files. A large CA directory is a long
 /// burst of work on a thread the scheduler favours as freshly woken; stepping
 /// aside now and then keeps it from holding up the handshakes that share its
 /// core (measured: `examples/bench_reload.rs`, part 3).
-fn step_aside(file_index: usize) {
+pub(crate) fn step_aside(file_index: usize) {
     if file_index % 8 == 7 {
         std::thread::yield_now();
     }

@@ -1,8 +1,10 @@
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::leaf::Rfc3339;
+use crate::pem::{Label, PemProblem};
 
 /// Why a build refused the materials. The message names the file and the reason.
 ///
@@ -22,12 +24,21 @@ pub enum BuildError {
     },
 
     /// A file is larger than [`Template::max_file_size`](crate::Template::max_file_size).
-    #[error("{}: file is larger than the {cap}-byte cap", .path.display())]
+    #[error("{}: file is over the size limit of {limit} bytes", .path.display())]
     TooLarge {
         /// The file.
         path: PathBuf,
-        /// The cap in bytes.
-        cap: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
+    /// A path is not a regular file (after following symlinks): a
+    /// directory, FIFO, socket or device, which is never opened, since
+    /// reading it could block or never end.
+    #[error("{}: not a regular file", .path.display())]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
     },
 
     /// A file holds no `-----BEGIN` line at all.
@@ -37,46 +48,78 @@ pub enum BuildError {
         path: PathBuf,
     },
 
-    /// A file has PEM sections that do not parse.
-    #[error("{}: malformed PEM: {source}", .path.display())]
+    /// A file's PEM does not parse. The message says what is wrong and
+    /// where, in words: never the offending bytes, which may be a key.
+    #[error("{}: malformed PEM at line {line}: {problem}", .path.display())]
     MalformedPem {
         /// The file.
         path: PathBuf,
-        /// What the PEM parser found.
-        source: rustls::pki_types::pem::Error,
+        /// The 1-based line where the problem was found (for a section's
+        /// body, the line of its BEGIN marker).
+        line: usize,
+        /// What is wrong.
+        problem: PemProblem,
     },
 
     /// The certificate file holds no `CERTIFICATE` section.
-    #[error("{}: no certificate in file", .path.display())]
+    #[error("{}: no certificate in file ({})", .path.display(), Found(.found))]
     NoCertificate {
         /// The file.
         path: PathBuf,
+        /// The labels of the sections it holds, in order.
+        found: Vec<Label>,
     },
 
-    /// The key file holds no private key section (PKCS#8, PKCS#1 or SEC1;
-    /// encrypted keys are not supported).
-    #[error("{}: no private key in file", .path.display())]
+    /// The key file holds no private key section (PKCS#8, PKCS#1 or SEC1).
+    #[error("{}: no private key in file ({})", .path.display(), Found(.found))]
     NoPrivateKey {
         /// The file.
         path: PathBuf,
+        /// The labels of the sections it holds, in order.
+        found: Vec<Label>,
     },
 
-    /// The crypto provider cannot use the private key.
-    #[error("{}: unusable private key: {source}", .path.display())]
+    /// The key file holds an encrypted private key, which is not supported.
+    #[error(
+        "{}: the private key is encrypted (ENCRYPTED PRIVATE KEY); encrypted keys are not supported",
+        .path.display()
+    )]
+    EncryptedKey {
+        /// The key file.
+        path: PathBuf,
+    },
+
+    /// The private key does not parse, or the crypto provider does not
+    /// support its algorithm.
+    #[error(
+        "{}: the {label} key does not parse, or the crypto provider does not support its algorithm",
+        .path.display()
+    )]
     BadPrivateKey {
         /// The key file.
         path: PathBuf,
-        /// Why the provider refused it.
-        source: rustls::Error,
+        /// Its PEM label (the key format).
+        label: Label,
     },
 
-    /// The leaf certificate does not parse as X.509.
-    #[error("{}: cannot parse leaf certificate: {reason}", .path.display())]
+    /// A certificate of the chain does not parse as X.509. Every
+    /// certificate of the chain is parsed, not only the leaf: a client
+    /// given a broken intermediate fails every handshake.
+    #[error(
+        "{}: certificate {index} of {count}{} does not parse as X.509: {problem}",
+        .path.display(), AtLine(*.line)
+    )]
     BadCertificate {
         /// The certificate file.
         path: PathBuf,
-        /// What the parser reported.
-        reason: String,
+        /// Its 1-based position in the file (1 is the leaf).
+        index: usize,
+        /// How many certificates the file holds.
+        count: usize,
+        /// The line of its BEGIN marker, when read from PEM.
+        line: Option<usize>,
+        /// What is wrong.
+        problem: CertProblem,
     },
 
     /// The private key is not the one the leaf certificate was issued for.
@@ -175,10 +218,12 @@ impl BuildError {
         match self {
             Self::Read { path, .. }
             | Self::TooLarge { path, .. }
+            | Self::NotRegularFile { path }
             | Self::NotPem { path }
             | Self::MalformedPem { path, .. }
-            | Self::NoCertificate { path }
-            | Self::NoPrivateKey { path }
+            | Self::NoCertificate { path, .. }
+            | Self::NoPrivateKey { path, .. }
+            | Self::EncryptedKey { path }
             | Self::BadPrivateKey { path, .. }
             | Self::BadCertificate { path, .. }
             | Self::Expired { path, .. }
@@ -189,5 +234,61 @@ impl BuildError {
             Self::KeyMismatch { key, .. } => Some(key),
             Self::Config { .. } | Self::Ticketer { .. } | Self::NoProvider => None,
         }
+    }
+}
+
+/// Why a certificate does not parse, in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertProblem {
+    /// The DER ends before the certificate does.
+    Truncated,
+    /// Bytes follow the certificate's DER.
+    TrailingData,
+    /// The DER is not an X.509 certificate.
+    Malformed,
+    /// The certificate's public key cannot be read.
+    BadPublicKey,
+}
+
+impl fmt::Display for CertProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Truncated => "the DER is truncated",
+            Self::TrailingData => "data follows the certificate's DER",
+            Self::Malformed => "the DER is not a well-formed X.509 certificate",
+            Self::BadPublicKey => "its public key cannot be read",
+        })
+    }
+}
+
+/// ` (line N)` when there is a line.
+struct AtLine(Option<usize>);
+
+impl fmt::Display for AtLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(line) => write!(f, " (line {line})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a file holds, by label: `it holds CERTIFICATE, PRIVATE KEY`.
+struct Found<'a>(&'a [Label]);
+
+impl fmt::Display for Found<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("it holds no PEM section");
+        }
+        f.write_str("it holds ")?;
+        for (i, label) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{label}")?;
+        }
+        Ok(())
     }
 }

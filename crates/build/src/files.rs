@@ -1,124 +1,128 @@
-//! Reading the materials: capped reads, PEM sections, CA files and directories.
+//! Reading the materials: capped reads and directory listings by the rule
+//! `tls-reload-detect` follows, then PEM sections.
 
-use std::fs::{self, File};
-use std::io::Read;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
+use tls_reload_detect::DetectError;
 
+use crate::pem::{self, Label, Section};
 use crate::BuildError;
 
 /// The PEM sections of one file, and the file they came from.
-pub(crate) struct PemFile {
-    pub(crate) path: PathBuf,
-    sections: Vec<(SectionKind, Vec<u8>)>,
+pub(crate) struct PemFile<'a> {
+    pub(crate) path: &'a Path,
+    sections: Vec<Section>,
 }
 
-impl PemFile {
-    /// Reads `path` once, at most `cap` bytes, and splits it into PEM sections.
-    pub(crate) fn read(path: &Path, cap: u64) -> Result<Self, BuildError> {
-        let bytes = read_capped(path, cap)?;
-        if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
+/// A certificate section: its DER and the line its BEGIN marker is on.
+pub(crate) struct CertSection {
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) line: usize,
+}
+
+impl<'a> PemFile<'a> {
+    /// Splits `bytes`, read from `path`, into PEM sections.
+    pub(crate) fn parse(path: &'a Path, bytes: &[u8]) -> Result<Self, BuildError> {
+        if !pem::looks_like_pem(bytes) {
             return Err(BuildError::NotPem {
                 path: path.to_owned(),
             });
         }
-        let sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes)
-            .collect::<Result<_, _>>()
-            .map_err(|source| BuildError::MalformedPem {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Self {
+        let sections = pem::parse(bytes).map_err(|error| BuildError::MalformedPem {
             path: path.to_owned(),
-            sections,
-        })
+            line: error.line,
+            problem: error.problem,
+        })?;
+        Ok(Self { path, sections })
     }
 
     /// Every `CERTIFICATE` section, in file order.
-    pub(crate) fn certificates(&self) -> Vec<CertificateDer<'static>> {
-        self.sections
-            .iter()
-            .filter(|(kind, _)| *kind == SectionKind::Certificate)
-            .map(|(_, der)| CertificateDer::from(der.clone()))
+    pub(crate) fn certificates(&mut self) -> Vec<CertSection> {
+        let (certs, rest) = std::mem::take(&mut self.sections)
+            .into_iter()
+            .partition(|section| section.label == Label::Certificate);
+        self.sections = rest;
+        certs
+            .into_iter()
+            .map(|section: Section| CertSection {
+                der: CertificateDer::from(section.der),
+                line: section.line,
+            })
             .collect()
     }
 
+    /// The labels of the sections left, in file order, for a message.
+    pub(crate) fn labels(&self) -> Vec<Label> {
+        self.sections.iter().map(|section| section.label).collect()
+    }
+
     /// The first private key section: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-    pub(crate) fn into_private_key(self) -> Option<PrivateKeyDer<'static>> {
-        self.sections
-            .into_iter()
-            .find_map(|(kind, der)| match kind {
-                SectionKind::PrivateKey => Some(PrivateKeyDer::Pkcs8(der.into())),
-                SectionKind::RsaPrivateKey => Some(PrivateKeyDer::Pkcs1(der.into())),
-                SectionKind::EcPrivateKey => Some(PrivateKeyDer::Sec1(der.into())),
-                _ => None,
-            })
+    pub(crate) fn into_private_key(self) -> Result<PrivateKeyDer<'static>, BuildError> {
+        let path = self.path.to_owned();
+        let found = self.labels();
+        for section in self.sections {
+            use rustls::pki_types::pem::SectionKind;
+            let key = match section.kind() {
+                Some(SectionKind::PrivateKey) => PrivateKeyDer::Pkcs8(section.der.into()),
+                Some(SectionKind::RsaPrivateKey) => PrivateKeyDer::Pkcs1(section.der.into()),
+                Some(SectionKind::EcPrivateKey) => PrivateKeyDer::Sec1(section.der.into()),
+                _ => continue,
+            };
+            return Ok(key);
+        }
+        if found.contains(&Label::EncryptedPrivateKey) {
+            return Err(BuildError::EncryptedKey { path });
+        }
+        Err(BuildError::NoPrivateKey { path, found })
     }
 }
 
-/// Reads a whole file, refusing one over `cap` bytes, including one that grows
-/// past the cap while it is read.
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, BuildError> {
-    let read_err = |source| BuildError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let too_large = || BuildError::TooLarge {
-        path: path.to_owned(),
-        cap,
-    };
-    // Opening a FIFO or a device could block or never end: only regular
-    // files (after symlinks) are read.
-    if !fs::metadata(path).map_err(read_err)?.is_file() {
-        return Err(read_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
-    let file = File::open(path).map_err(read_err)?;
-    let len = file.metadata().map_err(read_err)?.len();
-    if len > cap {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(cap.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > cap {
-        return Err(too_large());
-    }
-    Ok(bytes)
+/// Reads a file by `tls-reload-detect`'s rule: a regular file, at most
+/// `limit` bytes.
+pub(crate) fn read(path: &Path, limit: u64) -> Result<Vec<u8>, BuildError> {
+    tls_reload_detect::read_file(path, limit).map_err(from_detect)
 }
 
-/// The files of a CA directory to read: every regular file, following
-/// symlinks, skipping names that start with `.` and subdirectories, sorted.
+/// The certificate files of a CA directory, by `tls-reload-detect`'s rule:
+/// every regular file after symlinks, sorted, skipping names that start
+/// with `.` and subdirectories. A dangling symlink names no certificate: it
+/// is skipped with a warning (trusting fewer CAs fails closed).
 pub(crate) fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
-    let read_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| BuildError::Read { path, source }
-    };
-    let mut files = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read_err(dir))? {
-        let entry = entry.map_err(read_err(dir))?;
-        if entry.file_name().as_encoded_bytes().starts_with(b".") {
-            continue;
-        }
-        let path = entry.path();
-        // A dangling symlink is an error: it names a CA that cannot be read.
-        if fs::metadata(&path).map_err(read_err(&path))?.is_file() {
-            files.push(path);
-        }
+    let listed = tls_reload_detect::dir_files(dir).map_err(from_detect)?;
+    if !listed.dangling.is_empty() {
+        tracing::warn!(
+            dir = %dir.display(),
+            count = listed.dangling.len(),
+            first = %listed.dangling[0].display(),
+            "skipped dangling symlinks in the client CA directory"
+        );
     }
-    if files.is_empty() {
+    if listed.files.is_empty() {
         return Err(BuildError::EmptyCaDir {
             path: dir.to_owned(),
         });
     }
-    files.sort();
-    Ok(files)
+    Ok(listed.files)
+}
+
+/// The same fault worded the same whether the detector or the build met it.
+fn from_detect(error: DetectError) -> BuildError {
+    match error {
+        DetectError::NotFound { path } => BuildError::Read {
+            path,
+            source: io::Error::new(io::ErrorKind::NotFound, "No such file or directory"),
+        },
+        DetectError::Io { path, source } => BuildError::Read { path, source },
+        DetectError::TooLarge { path, limit, .. } => BuildError::TooLarge { path, limit },
+        DetectError::Unsupported { path } => BuildError::NotRegularFile { path },
+        other => BuildError::Read {
+            path: other.path().map(Path::to_owned).unwrap_or_default(),
+            source: io::Error::other(other.to_string()),
+        },
+    }
 }
 
 /// Adds the certificates read from the CA file `path` to `roots`. Fails when

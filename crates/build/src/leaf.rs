@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::BuildError;
+use crate::{BuildError, CertProblem};
 
 /// What a status page shows about the served leaf certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +49,14 @@ impl LeafInfo {
     /// assert_eq!(leaf.subject, "CN=rcgen self signed cert");
     /// ```
     pub fn from_der(der: &[u8]) -> Result<Self, BuildError> {
-        Self::parse(Path::new("<DER certificate>"), der)
+        let cert = parse_x509(der).map_err(|problem| BuildError::BadCertificate {
+            path: Path::new("<DER certificate>").to_owned(),
+            index: 1,
+            count: 1,
+            line: None,
+            problem,
+        })?;
+        Ok(Self::from_x509(&cert, der))
     }
 
     /// The start of the validity period as RFC 3339 UTC, `2026-01-01T00:00:00Z`.
@@ -62,16 +69,8 @@ impl LeafInfo {
         Rfc3339(self.not_after).to_string()
     }
 
-    /// Parses the leaf certificate read from `path`.
-    pub(crate) fn parse(path: &Path, der: &[u8]) -> Result<Self, BuildError> {
-        let bad = |reason: String| BuildError::BadCertificate {
-            path: path.to_owned(),
-            reason,
-        };
-        let (rest, cert) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(bad(format!("{} trailing bytes after the DER", rest.len())));
-        }
+    /// Describes a parsed certificate whose DER is `der`.
+    pub(crate) fn from_x509(cert: &X509Certificate<'_>, der: &[u8]) -> Self {
         let validity = cert.validity();
         let mut serial: Vec<u8> = cert
             .raw_serial()
@@ -82,13 +81,13 @@ impl LeafInfo {
         if serial.is_empty() {
             serial.push(0);
         }
-        Ok(Self {
+        Self {
             serial,
             subject: cert.subject().to_string(),
             not_before: from_unix(validity.not_before.timestamp()),
             not_after: from_unix(validity.not_after.timestamp()),
             sha256: Sha256::digest(der).into(),
-        })
+        }
     }
 
     /// Refuses a leaf outside its validity period at `now`.
@@ -109,6 +108,28 @@ impl LeafInfo {
         }
         Ok(())
     }
+}
+
+/// Parses one certificate's DER, saying what is wrong in words: a
+/// parser's own message is not passed on.
+pub(crate) fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CertProblem> {
+    use x509_parser::error::X509Error;
+    use x509_parser::nom::{self, error::ErrorKind};
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|error| match error {
+        nom::Err::Incomplete(_)
+        | nom::Err::Error(X509Error::NomError(ErrorKind::Eof))
+        | nom::Err::Failure(X509Error::NomError(ErrorKind::Eof)) => CertProblem::Truncated,
+        nom::Err::Error(X509Error::Der(der)) | nom::Err::Failure(X509Error::Der(der))
+            if matches!(der, x509_parser::der_parser::error::BerError::Incomplete(_)) =>
+        {
+            CertProblem::Truncated
+        }
+        _ => CertProblem::Malformed,
+    })?;
+    if !rest.is_empty() {
+        return Err(CertProblem::TrailingData);
+    }
+    Ok(cert)
 }
 
 fn hex(bytes: &[u8]) -> String {

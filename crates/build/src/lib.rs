@@ -9,21 +9,41 @@
 //! returns the config with what a status page needs: the leaf's serial,
 //! subject, validity and fingerprint.
 //!
-//! - Each file is read once, with a size cap, and parsed as PEM. Keys may be
-//!   PKCS#8, PKCS#1 (RSA) or SEC1 (EC); certificates RSA, ECDSA or Ed25519,
-//!   with intermediates after the leaf.
+//! - Each file is read once, with a size cap, regular files only, by the
+//!   rule of [`tls_reload_detect::read_file`]; a CA directory is listed by
+//!   [`tls_reload_detect::dir_files`], so a build reads what the detectors
+//!   watch. A dangling symlink in a CA directory names no CA: it is skipped
+//!   with a warning (fewer trusted CAs fails closed; a directory left with
+//!   none is refused).
+//! - PEM is parsed line by line, and an error says what is wrong and where
+//!   (file, line) in words: no error, log line or `Debug` output carries a
+//!   byte of a material file, whatever the input. A key flattened onto one
+//!   line (newlines turned into spaces or a literal `\n`) is named as such.
+//! - Keys may be PKCS#8, PKCS#1 (RSA) or SEC1 (EC); certificates RSA, ECDSA
+//!   or Ed25519, with intermediates after the leaf. **Every** certificate of
+//!   the chain must parse as X.509 (a broken intermediate fails every
+//!   handshake, so it is refused, naming its position); a certificate not
+//!   named as the issuer of the one before it only draws a warning, since
+//!   clients search the chain and a server cannot know their roots.
+//!   Signatures are not checked: that is the client's job, against its roots.
 //! - The key is checked against the leaf certificate explicitly, and the leaf's
 //!   validity period against the clock (a policy, on by default).
 //! - A client CA bundle is every certificate in the file; a CA directory is
 //!   every file in it, in sorted order. When client CAs are configured and the
 //!   verifier cannot be built, the build fails: it never yields a config without
-//!   client verification.
+//!   client verification. When the CA names would not fit in a TLS
+//!   CertificateRequest (64 KiB: about 1,950 typical CAs), they are left out
+//!   of it with a warning ([`Built::sends_ca_names`]) rather than build a
+//!   config whose every mTLS handshake fails; clients then pick their
+//!   certificate without the hint.
 //! - Given the config being served, a build whose trust is unchanged reuses its
 //!   session storage and ticketer, so clients keep resuming across a
 //!   certificate rotation; a build whose client CAs changed starts fresh, so no
 //!   session authenticated under the old trust resumes under the new one.
 //! - The crypto provider comes from the [`Template`]; [`ServerConfig::builder`]
 //!   (which panics without a single process default provider) is never called.
+//! - Materials already in memory (from a secret store) build the same way
+//!   through [`MaterialBytes`] and [`build_from_bytes`].
 //!
 //! # Example
 //!
@@ -70,12 +90,14 @@ mod error;
 mod files;
 mod leaf;
 mod materials;
+mod pem;
 mod template;
 
-pub use config::{build, build_blocking, Built, Resumption};
-pub use error::BuildError;
+pub use config::{build, build_blocking, build_from_bytes, Built, Resumption};
+pub use error::{BuildError, CertProblem};
 pub use leaf::LeafInfo;
-pub use materials::Materials;
+pub use materials::{MaterialBytes, Materials};
+pub use pem::{Label, PemProblem};
 pub use template::{ClientAuth, Template};
 
 /// How many bytes a build reads from one file at most: 1 MiB, the same cap

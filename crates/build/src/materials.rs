@@ -75,6 +75,140 @@ impl Materials {
     }
 }
 
+/// The bytes of a set of materials, each with the name errors call it by:
+/// what a build parses.
+///
+/// [`MaterialBytes::read`] reads [`Materials`] from disk (each file once,
+/// capped, by the rule `tls-reload-detect` follows); [`MaterialBytes::new`]
+/// takes bytes you already hold (from a secret store, say). Either way
+/// [`build_from_bytes`](crate::build_from_bytes) turns them into a config.
+///
+/// `Debug` shows the names and sizes, never the bytes, and the key's bytes
+/// are overwritten when the value is dropped.
+///
+/// ```
+/// use tls_reload_build::{build_from_bytes, MaterialBytes, Template};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let key = rcgen::KeyPair::generate()?;
+/// # let cert = rcgen::CertificateParams::new(vec!["localhost".into()])?.self_signed(&key)?;
+/// # let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+/// let bytes = MaterialBytes::new("vault:tls.crt", cert_pem, "vault:tls.key", key_pem);
+/// let built = build_from_bytes(&bytes, &Template::from_default_provider()?, None)?;
+/// assert_eq!(built.files()[0], std::path::Path::new("vault:tls.crt"));
+/// # Ok(()) }
+/// ```
+pub struct MaterialBytes {
+    pub(crate) cert: Named,
+    pub(crate) key: Named,
+    pub(crate) client_cas: Vec<Named>,
+    /// The CA file or directory a verifier error is about.
+    pub(crate) client_ca_anchor: Option<PathBuf>,
+}
+
+/// One file's bytes and its name.
+pub(crate) struct Named {
+    pub(crate) path: PathBuf,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl MaterialBytes {
+    /// A certificate chain and a private key, both PEM, with the names
+    /// (paths, or any label) that errors and [`Built::files`](crate::Built::files)
+    /// use for them.
+    pub fn new(
+        cert_name: impl Into<PathBuf>,
+        cert: impl Into<Vec<u8>>,
+        key_name: impl Into<PathBuf>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        Self {
+            cert: Named {
+                path: cert_name.into(),
+                bytes: cert.into(),
+            },
+            key: Named {
+                path: key_name.into(),
+                bytes: key.into(),
+            },
+            client_cas: Vec::new(),
+            client_ca_anchor: None,
+        }
+    }
+
+    /// Trusts every certificate of this PEM bundle to issue client
+    /// certificates (mTLS). May be given several times.
+    pub fn with_client_ca(mut self, name: impl Into<PathBuf>, bundle: impl Into<Vec<u8>>) -> Self {
+        let path = name.into();
+        self.client_ca_anchor.get_or_insert_with(|| path.clone());
+        self.client_cas.push(Named {
+            path,
+            bytes: bundle.into(),
+        });
+        self
+    }
+
+    /// Reads `materials` from disk: each file once, at most `limit` bytes,
+    /// regular files only; a CA directory by the rule of
+    /// [`tls_reload_detect::dir_files`] (dangling symlinks skipped with a
+    /// warning; an empty directory is an error).
+    pub fn read(materials: &Materials, limit: u64) -> Result<Self, crate::BuildError> {
+        let read = |path: &Path| {
+            crate::files::read(path, limit).map(|bytes| Named {
+                path: path.to_owned(),
+                bytes,
+            })
+        };
+        let cert = read(materials.cert())?;
+        let key = read(materials.key())?;
+        let mut client_cas = Vec::new();
+        if let Some(file) = materials.client_ca() {
+            client_cas.push(read(file)?);
+        }
+        if let Some(dir) = materials.client_ca_dir() {
+            for (i, file) in crate::files::ca_dir_files(dir)?.iter().enumerate() {
+                crate::config::step_aside(i);
+                client_cas.push(read(file)?);
+            }
+        }
+        Ok(Self {
+            cert,
+            key,
+            client_cas,
+            client_ca_anchor: materials
+                .client_ca()
+                .or(materials.client_ca_dir())
+                .map(Into::into),
+        })
+    }
+
+    /// The names, in order: certificate, key, then each client CA file.
+    pub fn names(&self) -> impl Iterator<Item = &Path> + '_ {
+        [&self.cert, &self.key]
+            .into_iter()
+            .chain(&self.client_cas)
+            .map(|named| named.path.as_path())
+    }
+}
+
+impl Drop for MaterialBytes {
+    fn drop(&mut self) {
+        self.key.bytes.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+impl std::fmt::Debug for MaterialBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<(&Path, usize)> = [&self.cert, &self.key]
+            .into_iter()
+            .chain(&self.client_cas)
+            .map(|named| (named.path.as_path(), named.bytes.len()))
+            .collect();
+        f.debug_struct("MaterialBytes")
+            .field("sizes", &sizes)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

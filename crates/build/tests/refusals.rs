@@ -58,7 +58,7 @@ fn file_over_the_cap() {
         &template().max_file_size(64),
     );
     assert!(
-        matches!(err, BuildError::TooLarge { cap: 64, .. }),
+        matches!(err, BuildError::TooLarge { limit: 64, .. }),
         "{err:?}"
     );
     assert_names(&err, &f.cert);
@@ -84,7 +84,7 @@ fn a_device_or_a_fifo_is_refused_without_being_read() {
         let err = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("reading {} hung", path.display()));
-        assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
+        assert!(matches!(err, BuildError::NotRegularFile { .. }), "{err:?}");
         assert!(err.to_string().contains("not a regular file"), "{err}");
         assert_names(&err, path);
     }
@@ -287,19 +287,29 @@ fn ca_directory_file_that_does_not_parse_is_named() {
 }
 
 #[test]
-fn dangling_symlink_in_ca_directory_is_named() {
+fn dangling_symlink_in_ca_directory_is_skipped_like_the_detector_does() {
+    // One rule with tls-reload-detect: a link that points nowhere names no
+    // CA, so it is skipped (with a warning); trusting fewer CAs fails closed.
     let f = Fixture::new();
     let cas = f.dir.path().join("cas");
     std::fs::create_dir(&cas).expect("mkdir");
-    write(&cas, "a.pem", f.ca.pem());
+    let good = write(&cas, "a.pem", f.ca.pem());
     let link = cas.join("b.pem");
     std::os::unix::fs::symlink(f.dir.path().join("gone.pem"), &link).expect("symlink");
-    let err = refuse(
-        &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
-        &template(),
+    let materials = Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas);
+    let built = build_blocking(&materials, &template(), None).expect("built without the link");
+    assert_eq!(built.files(), [f.cert.clone(), f.key.clone(), good.clone()]);
+    let listed = tls_reload_detect::dir_files(&cas).expect("list");
+    assert_eq!(
+        (listed.files, listed.dangling),
+        (vec![good.clone()], vec![link.clone()])
     );
-    assert!(matches!(err, BuildError::Read { .. }), "{err:?}");
-    assert_names(&err, &link);
+
+    // Only dangling links: no CA at all, which is refused, never mTLS off.
+    std::fs::remove_file(&good).expect("rm");
+    let err = refuse(&materials, &template());
+    assert!(matches!(err, BuildError::EmptyCaDir { .. }), "{err:?}");
+    assert_names(&err, &cas);
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub enum DetectError {
     },
     /// The path is neither a regular file nor a directory (a FIFO, a socket,
     /// a device): reading it could block or never end.
-    #[error("{}: not a regular file or directory", path.display())]
+    #[error("{}: not a regular file", path.display())]
     Unsupported {
         /// The offending path.
         path: PathBuf,

@@ -28,21 +28,34 @@ pub(crate) fn target(path: &Path) -> Result<Target, DetectError> {
     }
 }
 
-/// The regular files of a directory, following symlinks, sorted by name.
+/// What a directory holds, as every strategy and `tls-reload-build` see it.
+pub(crate) struct Listing {
+    /// The regular files, following symlinks, with their metadata.
+    pub(crate) files: Vec<(PathBuf, fs::Metadata)>,
+    /// Symlinks whose target does not exist.
+    pub(crate) dangling: Vec<PathBuf>,
+}
+
+/// The regular files of a directory, following symlinks, sorted by name,
+/// and its dangling symlinks, sorted too.
 ///
 /// Names starting with `.` and subdirectories are skipped, and so is an
 /// entry that vanishes between the listing and its `stat` (it is simply not
 /// there any more; the next check sees the new state).
-pub(crate) fn dir_files(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, DetectError> {
-    let mut files = dir_files_unsorted(dir)?;
-    sort_by_path(&mut files);
-    Ok(files)
+pub(crate) fn listing(dir: &Path) -> Result<Listing, DetectError> {
+    let mut listing = listing_unsorted(dir)?;
+    sort_by_path(&mut listing.files);
+    listing
+        .dangling
+        .sort_unstable_by(|a, b| path_bytes(a).cmp(path_bytes(b)));
+    Ok(listing)
 }
 
-/// [`dir_files`] in the order the directory lists them, which stays the
+/// [`listing`] in the order the directory lists them, which stays the
 /// same while the directory does: comparing two listings needs no sort.
-pub(crate) fn dir_files_unsorted(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadata)>, DetectError> {
+pub(crate) fn listing_unsorted(dir: &Path) -> Result<Listing, DetectError> {
     let mut files = Vec::new();
+    let mut dangling = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DetectError::io(dir, e))? {
         let entry = entry.map_err(|e| DetectError::io(dir, e))?;
         let path = entry.path();
@@ -55,11 +68,75 @@ pub(crate) fn dir_files_unsorted(dir: &Path) -> Result<Vec<(PathBuf, fs::Metadat
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => files.push((path, meta)),
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Gone since the listing, or a symlink that points nowhere:
+                // only the second is still there to report.
+                if fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_symlink()) {
+                    dangling.push(path);
+                }
+            }
             Err(e) => return Err(DetectError::io(&path, e)),
         }
     }
-    Ok(files)
+    Ok(Listing { files, dangling })
+}
+
+/// The fingerprint part of a dangling symlink in a watched directory: its
+/// appearance and its repair are both changes.
+pub(crate) const DANGLING: [u8; 32] = *b"tls-reload-detect dangling link\0";
+
+/// Reads a whole file by the rule the detectors follow: only a regular file
+/// (after following symlinks; a FIFO, socket or device is refused before it
+/// is opened, since opening or reading it could block or never end), and at
+/// most `limit` bytes: [`DetectError::TooLarge`] beyond, even for a file
+/// that grows while it is read.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("tls.crt");
+/// std::fs::write(&path, "0123456789")?;
+/// assert_eq!(tls_reload_detect::read_file(&path, 10)?, b"0123456789");
+/// assert!(tls_reload_detect::read_file(&path, 9).is_err());
+/// # Ok(()) }
+/// ```
+pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, DetectError> {
+    let meta = fs::metadata(path).map_err(|e| DetectError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(DetectError::Unsupported {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    open_capped(path, &meta, limit)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| DetectError::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(path, bytes.len() as u64, limit));
+    }
+    Ok(bytes)
+}
+
+/// Opens a file for a read of at most `limit` bytes. The reader yields one
+/// byte past the limit, which tells a file that grew since `meta` was taken.
+fn open_capped(
+    path: &Path,
+    meta: &fs::Metadata,
+    limit: u64,
+) -> Result<std::io::Take<File>, DetectError> {
+    if meta.len() > limit {
+        return Err(too_large(path, meta.len(), limit));
+    }
+    let file = File::open(path).map_err(|e| DetectError::io(path, e))?;
+    Ok(file.take(limit.saturating_add(1)))
+}
+
+fn too_large(path: &Path, size: u64, limit: u64) -> DetectError {
+    DetectError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit,
+    }
 }
 
 /// Sorts entries of one directory by name. Their paths share the directory
@@ -92,17 +169,7 @@ pub(crate) fn hash_file(
     meta: &fs::Metadata,
     limit: u64,
 ) -> Result<[u8; 32], DetectError> {
-    let too_large = |size| DetectError::TooLarge {
-        path: path.to_path_buf(),
-        size,
-        limit,
-    };
-    if meta.len() > limit {
-        return Err(too_large(meta.len()));
-    }
-    let file = File::open(path).map_err(|e| DetectError::io(path, e))?;
-    // One byte past the cap tells a file that grew since the stat.
-    let mut reader = file.take(limit.saturating_add(1));
+    let mut reader = open_capped(path, meta, limit)?;
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 16 * 1024];
     let mut total = 0u64;
@@ -115,7 +182,7 @@ pub(crate) fn hash_file(
         };
         total += n as u64;
         if total > limit {
-            return Err(too_large(total));
+            return Err(too_large(path, total, limit));
         }
         hasher.update(&buf[..n]);
     }
@@ -198,4 +265,47 @@ impl MetaKey {
         );
         newest + window > now
     }
+}
+
+/// What a directory of materials holds, by the one rule every detector and
+/// `tls-reload-build` follow. See [`dir_files`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DirFiles {
+    /// The regular files (after following symlinks), sorted by name.
+    pub files: Vec<PathBuf>,
+    /// Symlinks whose target does not exist, sorted by name.
+    pub dangling: Vec<PathBuf>,
+}
+
+/// The files of a directory, by the rule the detectors follow: every regular
+/// file, following symlinks, sorted by name; names starting with `.` (the
+/// `..data` and timestamped folders of a Kubernetes volume) and
+/// subdirectories are skipped.
+///
+/// A symlink that points nowhere is not a file to read: it is listed apart
+/// in [`DirFiles::dangling`], so a caller can warn about it, and it is part
+/// of a detector's fingerprint, so its appearance and its repair are both
+/// changes. An entry that vanishes while the directory is listed is skipped.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("b.pem"), "b")?;
+/// std::fs::write(dir.path().join("a.pem"), "a")?;
+/// std::fs::write(dir.path().join(".hidden"), "h")?;
+/// # #[cfg(unix)]
+/// std::os::unix::fs::symlink(dir.path().join("gone.pem"), dir.path().join("c.pem"))?;
+/// let listed = tls_reload_detect::dir_files(dir.path())?;
+/// assert_eq!(listed.files, [dir.path().join("a.pem"), dir.path().join("b.pem")]);
+/// # #[cfg(unix)]
+/// assert_eq!(listed.dangling, [dir.path().join("c.pem")]);
+/// # Ok(()) }
+/// ```
+pub fn dir_files(dir: &Path) -> Result<DirFiles, DetectError> {
+    let listing = listing(dir)?;
+    Ok(DirFiles {
+        files: listing.files.into_iter().map(|(path, _)| path).collect(),
+        dangling: listing.dangling,
+    })
 }

@@ -24,7 +24,11 @@
 //! Each works on a file or a directory. In a directory, the regular files
 //! are watched (following symlinks); names starting with `.` (Kubernetes
 //! keeps `..data` and its timestamped folders there) and subdirectories are
-//! skipped. [`Composite`] joins many paths into one fingerprint and names the
+//! skipped. A symlink that points nowhere is no file to read, but it is part
+//! of the fingerprint, so its appearance and its repair are both changes.
+//! `tls-reload-build` lists directories and reads files by the same rule
+//! ([`dir_files`], [`read_file`]), so what a detector watches is what a
+//! build reads. [`Composite`] joins many paths into one fingerprint and names the
 //! paths that moved.
 //!
 //! What each one reports, as asserted by this crate's tests on real files:
@@ -44,6 +48,8 @@
 //! | directory: entry added                         | change        | change       | change     |
 //! | directory: entry removed                       | change        | change       | change     |
 //! | directory: entry rewritten in place            | change        | change       | change     |
+//! | directory: dangling symlink added              | change        | change       | change     |
+//! | directory: dangling symlink's target created   | change        | change       | change     |
 //! | directory: `.hidden` entry added               | no change     | change³      | no change  |
 //! | two writes of the same size in one mtime tick  | change        | no change¹   | change²    |
 //!
@@ -101,6 +107,7 @@ mod watcher;
 pub use composite::Composite;
 pub use error::DetectError;
 pub use fingerprint::{Change, Fingerprint};
+pub use fs::{dir_files, read_file, DirFiles};
 pub use strategy::{
     Combined, ContentHash, Metadata, ParseStrategyError, Strategy, DEFAULT_RACY_WINDOW,
 };

@@ -56,8 +56,9 @@ impl ContentHash {
                 Fingerprint::from_digest(fs::hash_file(path, &meta, self.limit)?),
             )])),
             Target::Dir(_) => {
+                let listing = fs::listing(path)?;
                 let mut parts = Vec::new();
-                for (file, meta) in fs::dir_files(path)? {
+                for (file, meta) in listing.files {
                     let Some(digest) =
                         fs::vanished_is_none(fs::hash_file(&file, &meta, self.limit))?
                     else {
@@ -65,7 +66,9 @@ impl ContentHash {
                     };
                     parts.push((file, Fingerprint::from_digest(digest)));
                 }
-                Ok(Fingerprint::from_parts(parts))
+                Ok(Fingerprint::from_parts(
+                    parts.into_iter().chain(dangling(listing.dangling)),
+                ))
             }
         }
     }
@@ -108,9 +111,16 @@ impl Metadata {
             Target::File(meta) => Ok(Fingerprint::from_parts([(path.to_path_buf(), leaf(&meta))])),
             Target::Dir(meta) => {
                 let own = (path.to_path_buf(), leaf(&meta));
-                let files = fs::dir_files(path)?;
-                let entries = files.iter().map(|(file, meta)| (file.clone(), leaf(meta)));
-                Ok(Fingerprint::from_parts(std::iter::once(own).chain(entries)))
+                let listing = fs::listing(path)?;
+                let entries = listing
+                    .files
+                    .iter()
+                    .map(|(file, meta)| (file.clone(), leaf(meta)));
+                Ok(Fingerprint::from_parts(
+                    std::iter::once(own)
+                        .chain(entries)
+                        .chain(dangling(listing.dangling)),
+                ))
             }
         }
     }
@@ -149,6 +159,8 @@ struct Known {
 struct Last {
     dir: bool,
     listing: Vec<(PathBuf, MetaKey)>,
+    /// The dangling symlinks, in listing order.
+    dangling: Vec<PathBuf>,
     /// Every file's metadata was past the racy window when it was hashed.
     trusted: bool,
     fingerprint: Fingerprint,
@@ -237,6 +249,7 @@ impl Combined {
                 cache.last = Some(Last {
                     dir: false,
                     listing: vec![(path.to_path_buf(), known.meta)],
+                    dangling: Vec::new(),
                     trusted: known.trusted,
                     fingerprint: fingerprint.clone(),
                 });
@@ -245,12 +258,17 @@ impl Combined {
             Target::Dir(_) => {
                 // The idle path: one listing and one stat per file, compared
                 // in listing order, with no sort, hash or copy.
-                let mut files = fs::dir_files_unsorted(path)?;
+                let fs::Listing {
+                    mut files,
+                    mut dangling,
+                } = fs::listing_unsorted(path)?;
                 if let Some(last) = &cache.last {
-                    if last.holds(
-                        true,
-                        files.iter().map(|(file, meta)| (file.as_path(), meta)),
-                    ) {
+                    if last.dangling == dangling
+                        && last.holds(
+                            true,
+                            files.iter().map(|(file, meta)| (file.as_path(), meta)),
+                        )
+                    {
                         return Ok(last.fingerprint.clone());
                     }
                 }
@@ -278,10 +296,14 @@ impl Combined {
                         })
                         .is_ok()
                 });
-                let fingerprint = Fingerprint::from_parts(parts);
+                let listed_dangling = dangling.clone();
+                dangling.sort_unstable_by(|a, b| fs::path_bytes(a).cmp(fs::path_bytes(b)));
+                let fingerprint =
+                    Fingerprint::from_parts(parts.into_iter().chain(self::dangling(dangling)));
                 cache.last = Some(Last {
                     dir: true,
                     listing,
+                    dangling: listed_dangling,
                     trusted,
                     fingerprint: fingerprint.clone(),
                 });
@@ -323,6 +345,13 @@ impl fmt::Debug for Combined {
             .field("racy_window", &self.window)
             .finish_non_exhaustive()
     }
+}
+
+/// The fingerprint parts of a directory's dangling symlinks.
+fn dangling(links: Vec<PathBuf>) -> impl Iterator<Item = (PathBuf, Fingerprint)> {
+    links
+        .into_iter()
+        .map(|link| (link, Fingerprint::from_digest(fs::DANGLING)))
 }
 
 macro_rules! blocking_detector {

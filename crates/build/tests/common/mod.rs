@@ -36,7 +36,7 @@ pub struct Leaf {
     pub key: KeyPair,
 }
 
-fn ca_params(name: &str) -> CertificateParams {
+pub fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,6 +48,15 @@ impl Ca {
     pub fn new(name: &str) -> Self {
         let key = KeyPair::generate().expect("key");
         let params = ca_params(name);
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Self {
+            cert,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A CA from given params and key (many CAs can share one key).
+    pub fn from_parts(params: CertificateParams, key: KeyPair) -> Self {
         let cert = params.self_signed(&key).expect("self-signed CA");
         Self {
             cert,

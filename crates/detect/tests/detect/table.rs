@@ -14,7 +14,7 @@ use crate::support::{
 use Outcome::{Change, NoChange, NotFound};
 
 /// What is on disk before the event, and which path is watched.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
     /// `tls.crt`, watched.
     File,
@@ -26,6 +26,8 @@ enum Setup {
     SecretDir,
     /// `ca.d/{a.pem,b.pem}`; the directory is watched.
     Dir,
+    /// `Dir` plus `ca.d/c.pem -> ../gone.pem`, which does not exist.
+    DanglingDir,
 }
 
 #[derive(Debug)]
@@ -59,11 +61,14 @@ impl Scene {
                 volume = Some(secret);
                 watched
             }
-            Setup::Dir => {
+            Setup::Dir | Setup::DanglingDir => {
                 let dir = root.path().join("ca.d");
                 fs::create_dir(&dir)?;
                 fs::write(dir.join("a.pem"), OLD)?;
                 fs::write(dir.join("b.pem"), OLD)?;
+                if setup == Setup::DanglingDir {
+                    std::os::unix::fs::symlink(root.path().join("gone.pem"), dir.join("c.pem"))?;
+                }
                 dir
             }
         };
@@ -174,6 +179,24 @@ const ROWS: &[Row] = &[
         event: "directory: entry rewritten in place",
         setup: Setup::Dir,
         act: |scene, _| Ok(fs::write(scene.watched.join("a.pem"), NEW)?),
+        expect: [Change, Change, Change],
+    },
+    Row {
+        event: "directory: dangling symlink added",
+        setup: Setup::Dir,
+        act: |scene, _| {
+            let target = scene.root.path().join("gone.pem");
+            Ok(std::os::unix::fs::symlink(
+                target,
+                scene.watched.join("c.pem"),
+            )?)
+        },
+        expect: [Change, Change, Change],
+    },
+    Row {
+        event: "directory: dangling symlink's target created",
+        setup: Setup::DanglingDir,
+        act: |scene, _| Ok(fs::write(scene.root.path().join("gone.pem"), OLD)?),
         expect: [Change, Change, Change],
     },
     Row {
