@@ -46,7 +46,9 @@ fn main() -> ExitCode {
             tcp.set_nodelay(true)?;
             Ok(tcp)
         });
-        let mut incoming = acceptor.incoming(Box::pin(connections));
+        let mut incoming = acceptor
+            .incoming(Box::pin(connections))
+            .peer_addr_with(|tcp| tcp.peer_addr().ok());
         while let Some(tls) = incoming.next().await {
             match tls {
                 Ok(tls) => {

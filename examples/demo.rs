@@ -139,7 +139,9 @@ async fn serve(listener: Async<TcpListener>, acceptor: ReloadingAcceptor) {
         tcp.get_ref().set_nodelay(true)?;
         Ok(tcp)
     });
-    let mut incoming = acceptor.incoming(Box::pin(connections));
+    let mut incoming = acceptor
+        .incoming(Box::pin(connections))
+        .peer_addr_with(|tcp| tcp.get_ref().peer_addr().ok());
     while let Some(tls) = incoming.next().await {
         let Ok(tls) = tls else { continue };
         smol::spawn(async move {

@@ -47,7 +47,9 @@ fn main() -> ExitCode {
             tcp.get_ref().set_nodelay(true)?;
             Ok(tcp)
         });
-        let mut incoming = acceptor.incoming(Box::pin(connections));
+        let mut incoming = acceptor
+            .incoming(Box::pin(connections))
+            .peer_addr_with(|tcp| tcp.get_ref().peer_addr().ok());
         while let Some(tls) = incoming.next().await {
             match tls {
                 Ok(tls) => smol::spawn(common::echo(tls)).detach(),

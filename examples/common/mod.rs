@@ -119,10 +119,18 @@ impl Args {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info,rustls=error`).
+///
+/// `RUST_LOG`, when set, decides everything. The default keeps rustls's own
+/// log records (bridged from the `log` crate) to errors: rustls warns about
+/// a bad client on every connection ("Received a ... message while
+/// expecting ...", "Illegal SNI hostname received ..." quoting the bytes
+/// sent), without the peer and without a limit, so anyone on the network
+/// could set our log volume and write into it. The acceptor reports failed
+/// handshakes itself, with the peer's address and rate-limited.
 pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

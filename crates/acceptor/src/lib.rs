@@ -68,6 +68,7 @@ mod acceptor;
 mod deadline;
 mod error;
 mod incoming;
+mod log_limit;
 mod shared;
 mod status;
 
@@ -77,6 +78,7 @@ pub use acceptor::{
 };
 pub use error::ReloadError;
 pub use incoming::{Incoming, DEFAULT_MAX_HANDSHAKES};
+pub use log_limit::{Admission, LogLimit, Suppressed, DEFAULT_LOG_BUDGET, DEFAULT_LOG_WINDOW};
 pub use status::{Events, ReloadEvent, SkipReason, Status};
 
 pub use futures_rustls::server::TlsStream;

@@ -79,7 +79,8 @@ impl Proxy {
         let mut incoming = self
             .acceptor
             .incoming(connections)
-            .max_handshakes(max_handshakes);
+            .max_handshakes(max_handshakes)
+            .peer_addr_with(|tcp| Some(tcp.peer));
         let counters = self.counters.clone();
         let mut clients = stream::poll_fn(move |cx| {
             let next = incoming.poll_next_unpin(cx);
