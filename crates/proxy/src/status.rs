@@ -2,17 +2,34 @@
 //!
 //! `GET /status` answers JSON, `GET /metrics` the Prometheus text format;
 //! another path is a 404 and another method a 405. One request per
-//! connection: the head is read (at most 8 KiB, within 5 s), the answer
-//! always carries `Content-Length` and `Connection: close`, and the
-//! connection is closed.
+//! connection: the head is read (at most 8 KiB, else 431, within 2 s, else
+//! 408), the answer always carries `Content-Length` and
+//! `Connection: close` and must be written within 2 s, and the connection
+//! is closed after at most 1 s of draining what the client still sends.
+//!
+//! Idle peers cannot starve a scrape. Connections are accepted without
+//! waiting for anything, and at most [`MAX_CONNECTIONS`] are open at once.
+//! When that many are open, the next one makes room by closing, without
+//! an answer, the connection that has waited longest for its request head
+//! or lingered longest after its answer (the two phases a silent or slow
+//! client can drag out). A scrape sends its head right after it connects
+//! and is then out of reach, so silent peers would have to open
+//! [`MAX_CONNECTIONS`] connections in that moment to cut it off. Only a
+//! connection whose answer is being written cannot be closed for room;
+//! if all of them are, accepting waits for one to finish (2 s at most).
+//! Closing for room is logged as one warning with counts per burst, at
+//! most once every few seconds.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
+use futures::channel::oneshot;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
+use smol::channel::{self, Receiver, Sender};
 use smol::lock::Semaphore;
 use smol::Executor;
 use tls_reload_acceptor::ReloadingAcceptor;
@@ -21,13 +38,22 @@ use crate::metrics::{prometheus, status_json, Counters};
 
 /// The most a request head may take.
 const HEAD_LIMIT: usize = 8 * 1024;
+/// The most one read takes from the socket.
+const READ_CHUNK: usize = 1024;
 /// How long a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the answer may take to write.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long unread request bytes are drained after the answer, so closing
 /// does not reset the connection before the client read the answer.
 const LINGER: Duration = Duration::from_secs(1);
-/// How many requests are served at once; more wait in the backlog.
-const MAX_REQUESTS: usize = 32;
+/// How many status connections are open at once, at most.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long evictions are counted before the first warning about them.
+const GATHER: Duration = Duration::from_secs(1);
+/// The least time between two warnings about a full status page, besides
+/// [`GATHER`].
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// What the status page reports on.
 #[derive(Clone, Debug)]
@@ -44,32 +70,167 @@ pub(crate) async fn serve(
     sources: Sources,
     executor: Arc<Executor<'static>>,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_REQUESTS));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let evictable = Arc::new(Evictable::default());
+    let (full, reports) = channel::bounded(1);
+    executor
+        .spawn(warn_when_full(evictable.clone(), reports))
+        .detach();
     loop {
-        let permit = limit.acquire_arc().await;
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let sources = sources.clone();
-                executor
-                    .spawn(async move {
-                        let _permit = permit;
-                        if let Err(error) = answer(stream, &sources).await {
-                            tracing::debug!(%peer, %error, "status request failed");
-                        }
-                    })
-                    .detach();
-            }
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "status accept failed");
                 Timer::after(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        let slot = match slots.try_acquire_arc() {
+            Some(slot) => slot,
+            None => {
+                // The evicted connection gives its slot back as soon as its
+                // task sees the eviction.
+                evictable.evict_oldest();
+                note_full(&full);
+                slots.acquire_arc().await
+            }
+        };
+        let _ = stream.get_ref().set_nodelay(true);
+        let ticket = evictable.enter();
+        let sources = sources.clone();
+        executor
+            .spawn(async move {
+                let _slot = slot;
+                if let Err(error) = answer(stream, &sources, ticket).await {
+                    tracing::debug!(%peer, %error, "status request failed");
+                }
+            })
+            .detach();
+        // A flood of connections must not keep this thread from running
+        // the tasks it spawned and evicted.
+        smol::future::yield_now().await;
+    }
+}
+
+/// Wakes [`warn_when_full`]; a wake-up already pending is enough.
+fn note_full(full: &Sender<()>) {
+    let _ = full.try_send(());
+}
+
+/// Logs a warning with the counts when the page was found full: a second
+/// after the first time, so that a burst makes one line, then at most once
+/// every [`WARN_EVERY`].
+async fn warn_when_full(evictable: Arc<Evictable>, reports: Receiver<()>) {
+    while reports.recv().await.is_ok() {
+        Timer::after(GATHER).await;
+        let (evicted, waited) = evictable.take_counts();
+        tracing::warn!(
+            evicted,
+            waited,
+            max = MAX_CONNECTIONS,
+            "status page full: evicted connections idle the longest (closed unanswered), \
+             or waited for an answer to be written, since the last such warning"
+        );
+        Timer::after(WARN_EVERY).await;
+    }
+}
+
+/// The connections that may be closed to make room, oldest first: those
+/// waiting for their request head and those lingering after their answer.
+#[derive(Debug, Default)]
+struct Evictable(Mutex<Queue>);
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// The next ticket's id; ids only grow, so `entries` is sorted by id.
+    next_id: u64,
+    /// Each evictable connection's id and the sender whose drop evicts it.
+    entries: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Connections evicted since the last warning.
+    evicted: u64,
+    /// Times the page was full with nothing to evict, since the last warning.
+    waited: u64,
+}
+
+/// A connection's place in [`Evictable`]; it leaves when dropped.
+#[derive(Debug)]
+struct Ticket {
+    id: u64,
+    evictable: Arc<Evictable>,
+    /// Resolves when the connection is evicted.
+    evicted: oneshot::Receiver<()>,
+}
+
+impl Evictable {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A ticket for a connection that may be evicted from now on, the
+    /// youngest.
+    fn enter(self: &Arc<Self>) -> Ticket {
+        let (evict, evicted) = oneshot::channel();
+        let mut queue = self.lock();
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.entries.push_back((id, evict));
+        Ticket {
+            id,
+            evictable: self.clone(),
+            evicted,
         }
+    }
+
+    /// Evicts the oldest evictable connection; `false` if there is none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = {
+            let mut queue = self.lock();
+            let oldest = queue.entries.pop_front();
+            match oldest {
+                Some(_) => queue.evicted += 1,
+                None => queue.waited += 1,
+            }
+            oldest
+        };
+        // Dropping the sender, out of the lock, wakes the connection.
+        oldest.is_some()
+    }
+
+    fn leave(&self, id: u64) {
+        let entry = {
+            let mut queue = self.lock();
+            let at = queue.entries.binary_search_by_key(&id, |(id, _)| *id);
+            at.ok().and_then(|at| queue.entries.remove(at))
+        };
+        drop(entry);
+    }
+
+    /// The counts since the last call: evicted, waited.
+    fn take_counts(&self) -> (u64, u64) {
+        let mut queue = self.lock();
+        (
+            std::mem::take(&mut queue.evicted),
+            std::mem::take(&mut queue.waited),
+        )
+    }
+}
+
+impl Ticket {
+    /// Resolves when this connection is evicted.
+    async fn evicted(&mut self) {
+        let _ = (&mut self.evicted).await;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.evictable.leave(self.id);
     }
 }
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
+pub(crate) enum Route {
     Status,
     Metrics,
     BadRequest,
@@ -77,6 +238,20 @@ enum Route {
     MethodNotAllowed,
     TooLarge,
     Timeout,
+}
+
+impl Route {
+    /// The status code of the answer.
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            Self::Status | Self::Metrics => 200,
+            Self::BadRequest => 400,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Timeout => 408,
+            Self::TooLarge => 431,
+        }
+    }
 }
 
 /// An answer, ready to be written.
@@ -87,49 +262,93 @@ struct Response {
     body: String,
 }
 
-async fn answer(mut stream: Async<TcpStream>, sources: &Sources) -> io::Result<()> {
-    let read = async { Some(read_head(&mut stream).await) };
+/// What became of the wait for a request head.
+enum Head {
+    Read(io::Result<Route>),
+    TimedOut,
+    Evicted,
+}
+
+async fn answer(
+    mut stream: Async<TcpStream>,
+    sources: &Sources,
+    mut ticket: Ticket,
+) -> io::Result<()> {
+    let head = {
+        let read = async { Head::Read(read_head(&mut stream).await) };
+        let timeout = async {
+            Timer::after(HEAD_TIMEOUT).await;
+            Head::TimedOut
+        };
+        let evicted = async {
+            ticket.evicted().await;
+            Head::Evicted
+        };
+        smol::future::or(read, smol::future::or(timeout, evicted)).await
+    };
+    // Not evictable while the answer is written.
+    let evictable = ticket.evictable.clone();
+    drop(ticket);
+    let route = match head {
+        Head::Read(Ok(route)) => route,
+        Head::Read(Err(error)) => return Err(error),
+        Head::TimedOut => Route::Timeout,
+        Head::Evicted => return Ok(()),
+    };
+    let response = respond(route, sources).to_bytes();
+    let write = async { Some(stream.write_all(&response).await) };
     let timeout = async {
-        Timer::after(HEAD_TIMEOUT).await;
+        Timer::after(WRITE_TIMEOUT).await;
         None
     };
-    let route = match smol::future::or(read, timeout).await {
-        Some(Ok(Some(head))) => route(&head),
-        Some(Ok(None)) => Route::TooLarge,
-        Some(Err(error)) => return Err(error),
-        None => Route::Timeout,
-    };
-    stream
-        .write_all(&respond(route, sources).to_bytes())
-        .await?;
+    match smol::future::or(write, timeout).await {
+        Some(written) => written?,
+        None => return Err(io::ErrorKind::TimedOut.into()),
+    }
     stream.get_ref().shutdown(Shutdown::Write)?;
+    // Evictable again: the answer is out, this is only politeness.
+    let mut ticket = evictable.enter();
     let mut sink = [0; 1024];
     let linger = async { while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {} };
-    smol::future::or(linger, async {
+    let timeout = async {
         Timer::after(LINGER).await;
-    })
-    .await;
+    };
+    let evicted = ticket.evicted();
+    smol::future::or(linger, smol::future::or(timeout, evicted)).await;
     Ok(())
 }
 
-/// Reads up to the blank line that ends a request head; `None` if it does
-/// not come within [`HEAD_LIMIT`] bytes.
-async fn read_head(stream: &mut Async<TcpStream>) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0; 1024];
+/// Reads until the request head is complete or too large: its route.
+async fn read_head(stream: &mut Async<TcpStream>) -> io::Result<Route> {
+    let mut head = HeadReader::default();
+    let mut chunk = [0; READ_CHUNK];
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_end_of_head(&head) {
-            head.truncate(end);
-            return Ok(Some(head));
+        if let Some(route) = head.push(&chunk[..n]) {
+            return Ok(route);
         }
-        if head.len() >= HEAD_LIMIT {
-            return Ok(None);
+    }
+}
+
+/// The bytes of a request head as they come in.
+#[derive(Debug, Default)]
+struct HeadReader {
+    received: Vec<u8>,
+}
+
+impl HeadReader {
+    /// Adds bytes just read: the route once the head is complete (up to
+    /// the blank line that ends it), [`Route::TooLarge`] once
+    /// [`HEAD_LIMIT`] bytes came without one, `None` until then.
+    fn push(&mut self, bytes: &[u8]) -> Option<Route> {
+        self.received.extend_from_slice(bytes);
+        if let Some(end) = find_end_of_head(&self.received) {
+            return Some(route(&self.received[..end]));
         }
+        (self.received.len() >= HEAD_LIMIT).then_some(Route::TooLarge)
     }
 }
 
@@ -167,27 +386,28 @@ fn route(head: &[u8]) -> Route {
 }
 
 fn respond(route: Route, sources: &Sources) -> Response {
-    let text = |code, body: &str| Response {
+    let code = route.code();
+    let text = |body: &str| Response {
         code,
         content_type: "text/plain; charset=utf-8",
         body: format!("{body}\n"),
     };
     match route {
         Route::Status => Response {
-            code: 200,
+            code,
             content_type: "application/json",
             body: status_json(&sources.acceptor.status(), &sources.counters.snapshot()).to_string(),
         },
         Route::Metrics => Response {
-            code: 200,
+            code,
             content_type: "text/plain; version=0.0.4",
             body: prometheus(&sources.acceptor.status(), &sources.counters.snapshot()),
         },
-        Route::BadRequest => text(400, "bad request"),
-        Route::NotFound => text(404, "not found: try /status or /metrics"),
-        Route::MethodNotAllowed => text(405, "method not allowed: use GET"),
-        Route::TooLarge => text(431, "request head too large"),
-        Route::Timeout => text(408, "request timeout"),
+        Route::BadRequest => text("bad request"),
+        Route::NotFound => text("not found: try /status or /metrics"),
+        Route::MethodNotAllowed => text("method not allowed: use GET"),
+        Route::TooLarge => text("request head too large"),
+        Route::Timeout => text("request timeout"),
     }
 }
 
@@ -252,6 +472,42 @@ mod tests {
         );
         assert_eq!(find_end_of_head(b"GET / HTTP/1.1\n\n"), Some(14));
         assert_eq!(find_end_of_head(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+    }
+
+    #[test]
+    fn a_head_is_routed_once_complete_or_too_large() {
+        let mut head = HeadReader::default();
+        assert_eq!(head.push(b"GET /metrics HT"), None);
+        assert_eq!(head.push(b"TP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(head.push(b"\r\nextra"), Some(Route::Metrics));
+
+        let mut head = HeadReader::default();
+        let header = [b'a'; READ_CHUNK];
+        for _ in 1..HEAD_LIMIT / READ_CHUNK {
+            assert_eq!(head.push(&header), None);
+        }
+        assert_eq!(head.push(&header), Some(Route::TooLarge));
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_connection_still_evictable() {
+        use futures::FutureExt;
+
+        let evictable = Arc::new(Evictable::default());
+        let mut first = evictable.enter();
+        let second = evictable.enter();
+        let mut third = evictable.enter();
+        drop(second);
+        assert!(evictable.evict_oldest());
+        assert_eq!(first.evicted().now_or_never(), Some(()));
+        assert_eq!(third.evicted().now_or_never(), None);
+        assert!(evictable.evict_oldest());
+        assert_eq!(third.evicted().now_or_never(), Some(()));
+        assert!(!evictable.evict_oldest());
+        assert_eq!(evictable.take_counts(), (2, 1));
+        assert_eq!(evictable.take_counts(), (0, 0));
+        drop((first, third));
+        assert!(evictable.lock().entries.is_empty());
     }
 
     #[test]
