@@ -1,6 +1,7 @@
-//! Private keys never reach a log line or a `Debug` string, whatever the
-//! reload does. Every event at `trace` level is captured, across a good
-//! start, a refused key, a failed manual reload and a good rotation.
+//! Private keys never reach a log line, a status field or a `Debug` string,
+//! whatever the reload does. Every event at `trace` level is captured,
+//! across a good start, a refused key, keys mangled every usual way (at
+//! reload and at start-up), a failed manual reload and a good rotation.
 
 mod common;
 
@@ -29,6 +30,32 @@ fn secret_lines(pem: &str) -> Vec<String> {
         .filter(|line| !line.starts_with("-----") && line.len() >= 16)
         .map(str::to_owned)
         .collect()
+}
+
+/// A PEM key mangled the ways keys get mangled: flattened onto one line
+/// (spaces, a literal `\n`), BEGIN glued to the body, base64 cut short, the
+/// wrong label.
+fn malformed(key_pem: &str) -> Vec<(&'static str, String)> {
+    let body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    vec![
+        ("flattened", key_pem.replace('\n', " ")),
+        ("literal \\n", key_pem.replace('\n', "\\n")),
+        (
+            "BEGIN glued to the body",
+            format!("-----BEGIN PRIVATE KEY-----{body}\n-----END PRIVATE KEY-----\n"),
+        ),
+        (
+            "truncated base64",
+            format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                &body[..body.len() - 3]
+            ),
+        ),
+        ("wrong label", key_pem.replace("PRIVATE KEY", "CERTIFICATE")),
+    ]
 }
 
 #[test]
@@ -69,6 +96,22 @@ fn no_private_key_bytes_in_logs_or_debug_output() -> anyhow::Result<()> {
         );
         let refused = acceptor.reload_now().await.expect_err("garbage");
         shown.push(format!("{refused} {refused:?}"));
+        // The real key, mangled every way a key gets mangled on its way
+        // through an environment variable, a YAML value or a copy.
+        for (shape, mangled) in malformed(&first.key_pem()) {
+            write_atomic(materials.key(), &mangled);
+            let refused = acceptor.reload_now().await.expect_err(shape);
+            shown.push(format!("{refused} {refused:?} {:?}", acceptor.status()));
+            // At start-up too.
+            let failed = ReloadingAcceptor::builder(materials.clone())
+                .template(Template::new(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                )))
+                .build()
+                .await
+                .expect_err(shape);
+            shown.push(format!("{failed} {failed:?}"));
+        }
         // A good rotation.
         write_atomic(materials.key(), second.key_pem());
         write_atomic(materials.cert(), second.cert_pem());
@@ -90,11 +133,23 @@ fn no_private_key_bytes_in_logs_or_debug_output() -> anyhow::Result<()> {
         logs.contains("tls reload applied"),
         "the reload was logged: {logs}"
     );
+    assert!(
+        logs.contains("malformed PEM at line 1: BEGIN and END markers on one line"),
+        "a flattened key is named as such: {logs}"
+    );
     let everything = format!("{logs}\n{}", shown.join("\n"));
     for leaf in [&first, &second, &other] {
         for line in secret_lines(&leaf.key_pem()) {
-            assert!(!everything.contains(&line), "key bytes leaked: {line}");
+            for window in line.as_bytes().chunks(16).filter(|w| w.len() == 16) {
+                let window = String::from_utf8_lossy(window);
+                assert!(!everything.contains(&*window), "key bytes leaked: {window}");
+            }
         }
     }
+    // The old leak printed the bytes as a decimal list: `[80, 82, 73, ...]`.
+    let byte_list = everything
+        .split(|c: char| !(c.is_ascii_digit() || c == ',' || c == ' '))
+        .find(|run| run.matches(',').count() >= 8);
+    assert!(byte_list.is_none(), "a byte list leaked: {byte_list:?}");
     Ok(())
 }

@@ -1,15 +1,17 @@
 //! The state behind every acceptor handle, and the reload logic.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use async_io::Timer;
 use futures::future::BoxFuture;
 use rustls::ServerConfig;
 use tls_reload_build::{Built, Materials, Template};
-use tls_reload_detect::{Composite, Detector, Fingerprint, Strategy};
+use tls_reload_detect::{Composite, DetectError, Detector, Fingerprint, Strategy};
 
 use crate::deadline::Deadlines;
 use crate::error::Cause;
@@ -280,7 +282,7 @@ impl Shared {
                 .and_then(|p| p.fingerprint.clone());
             (state.detector.clone(), state.committed.clone(), pending)
         };
-        let fingerprint = match detector.fingerprint().await {
+        let fingerprint = match settled_fingerprint(&*detector).await {
             Ok(fingerprint) => fingerprint,
             Err(error) => return self.record_failure(error.into(), None, false),
         };
@@ -323,13 +325,51 @@ impl Shared {
                 Some(committed) => fingerprint.changed_paths(committed),
                 None => fingerprint.paths().map(Into::into).collect(),
             };
-            tracing::info!(?paths, "tls materials changed");
+            log_detected(&paths);
             self.emit(ReloadEvent::Detected { paths });
         } else {
             tracing::debug!("retrying files that failed to build");
         }
-        // A failed background build is reported through events and status.
-        let _ = self.reload(Some(fingerprint), None, false).await;
+        self.build_settled(&detector, fingerprint).await;
+    }
+
+    /// Builds and applies the files of `fingerprint`, starting again while
+    /// they move under the build: a build whose inputs changed while it ran
+    /// (a renewer halfway through writing, a `..data` swap between the
+    /// certificate and the key) is neither applied nor a failure. Only a
+    /// build of files that held still is applied or reported as failed.
+    /// Files still moving after [`SETTLE_ATTEMPTS`] are left to the next
+    /// check, with a [`SkipReason::Unsettled`].
+    async fn build_settled(&self, detector: &Arc<dyn Detector>, mut fingerprint: Fingerprint) {
+        let mut pause = SETTLE_PAUSE;
+        for attempt in 1..=SETTLE_ATTEMPTS {
+            match self
+                .run(Some(fingerprint), None, false, Some(&**detector))
+                .await
+            {
+                Landed::Done(_) => return,
+                Landed::Moved(_) if attempt == SETTLE_ATTEMPTS => break,
+                Landed::Moved(now) => {
+                    tracing::debug!(
+                        attempt,
+                        "tls materials moved while they were read; building again once they settle"
+                    );
+                    Timer::after(pause).await;
+                    pause *= 2;
+                    fingerprint = match now {
+                        Some(now) => now,
+                        None => match settled_fingerprint(detector).await {
+                            Ok(now) => now,
+                            Err(error) => return self.record_failure(error.into(), None, false),
+                        },
+                    };
+                }
+            }
+        }
+        tracing::debug!("tls materials still moving; the next check tries again");
+        self.emit(ReloadEvent::Skipped {
+            reason: SkipReason::Unsettled,
+        });
     }
 
     /// Builds from the materials in force (or `reconfigure`'s new ones) and
@@ -340,6 +380,24 @@ impl Shared {
         reconfigure: Option<Reconfigure>,
         manual: bool,
     ) -> Result<Reloaded, ReloadError> {
+        match self.run(fingerprint, reconfigure, manual, None).await {
+            Landed::Done(result) => result,
+            // Only a run with a detector to check against reports a move.
+            Landed::Moved(_) => Err(ReloadError::Superseded),
+        }
+    }
+
+    /// [`reload`](Self::reload); with `check`, the files are fingerprinted
+    /// again once the build is done (after [`QUIET`] when it failed), and a
+    /// build whose files moved is dropped (neither applied nor a failure)
+    /// and reported as [`Landed::Moved`].
+    async fn run(
+        &self,
+        fingerprint: Option<Fingerprint>,
+        reconfigure: Option<Reconfigure>,
+        manual: bool,
+        check: Option<&dyn Detector>,
+    ) -> Landed {
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let (materials, template, previous, detector, epoch) = {
             let mut state = self.state();
@@ -381,17 +439,48 @@ impl Shared {
             }
             (None, None, false) => None,
         };
-        let built = match tls_reload_build::build(&materials, &template, Some(previous)).await {
+        let built = tls_reload_build::build(&materials, &template, Some(previous)).await;
+        if let Some(check) = check {
+            if built.is_err() {
+                // A pair written file by file fails to build between the
+                // two writes: a failure counts only once the files have
+                // stayed put a moment.
+                Timer::after(QUIET).await;
+            }
+            let now = check.fingerprint().await.ok();
+            if now != fingerprint {
+                retire(built);
+                return Landed::Moved(now);
+            }
+        }
+        let built = match built {
             Ok(built) => Arc::new(built),
             Err(error) => {
                 if self.is_stale(ticket, epoch) {
-                    return Err(ReloadError::Superseded);
+                    return Landed::Done(Err(ReloadError::Superseded));
                 }
                 let error = ReloadError::from(error);
                 self.record_failure(error.clone(), fingerprint, manual);
-                return Err(error);
+                return Landed::Done(Err(error));
             }
         };
+        let switch = detector.map(|detector| (materials, template, detector));
+        Landed::Done(
+            self.land(ticket, epoch, built, fingerprint, manual, switch)
+                .await,
+        )
+    }
+
+    /// Applies a good build unless a newer reload overtook it.
+    async fn land(
+        &self,
+        ticket: u64,
+        epoch: u64,
+        built: Arc<Built>,
+        fingerprint: Option<Fingerprint>,
+        manual: bool,
+        switch: Option<(Materials, Template, Arc<dyn Detector>)>,
+    ) -> Result<Reloaded, ReloadError> {
         self.emit(ReloadEvent::Built {
             leaf: built.leaf().clone(),
             resumption: built.resumption(),
@@ -399,7 +488,7 @@ impl Shared {
         if let (false, Some(hook)) = (manual, &self.settings.before_background_apply) {
             hook().await;
         }
-        if let Some(detector) = detector {
+        if let Some((materials, template, detector)) = switch {
             // Switch and apply in one step: a background build from the old
             // materials (an older epoch) can then never land after it.
             let mut state = self.state();
@@ -542,6 +631,66 @@ impl Shared {
         drop(state);
         tracing::warn!(error = %message, "tls reload failed; keeping the last good config");
         self.emit(ReloadEvent::Failed { error });
+    }
+}
+
+/// How a [`Shared::run`] ended.
+enum Landed {
+    /// Applied, refused or overtaken.
+    Done(Result<Reloaded, ReloadError>),
+    /// The files moved while they were read; their fingerprint now, if it
+    /// could be taken.
+    Moved(Option<Fingerprint>),
+}
+
+/// How many times a background build whose files moved under it starts
+/// again before the files are left to the next check.
+const SETTLE_ATTEMPTS: u32 = 5;
+/// The pause before the first new start; it doubles each time (20, 40, 80,
+/// 160 ms: about 300 ms in all).
+const SETTLE_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long the files of a failed background build must stay unchanged
+/// after it for the failure to count: a renewer writing the certificate,
+/// then the key, is done well within it.
+const QUIET: Duration = Duration::from_millis(50);
+
+/// A fingerprint, asked again after a pause while it fails: a file missing
+/// for a moment (deleted, then written again) is not yet a failure.
+async fn settled_fingerprint(detector: &dyn Detector) -> Result<Fingerprint, DetectError> {
+    let mut pause = SETTLE_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match detector.fingerprint().await {
+            Ok(fingerprint) => return Ok(fingerprint),
+            Err(error) if attempt >= SETTLE_ATTEMPTS => return Err(error),
+            Err(error) => tracing::debug!(%error, attempt, "no fingerprint yet; asking again"),
+        }
+        Timer::after(pause).await;
+        pause *= 2;
+        attempt += 1;
+    }
+}
+
+/// How many changed paths a detection log line names; the rest are counted.
+const LOGGED_PATHS: usize = 8;
+
+/// Logs a detection: a few paths and a count, since a CA directory of
+/// thousands of files would otherwise make one huge line.
+fn log_detected(paths: &[PathBuf]) {
+    let shown: Vec<_> = paths
+        .iter()
+        .take(LOGGED_PATHS)
+        .map(|p| p.display())
+        .collect();
+    let more = paths.len().saturating_sub(LOGGED_PATHS);
+    if more == 0 {
+        tracing::info!(paths = ?shown, "tls materials changed");
+    } else {
+        tracing::info!(paths = ?shown, more, "tls materials changed");
+    }
+    if more > 0 {
+        tracing::debug!(?paths, "tls materials changed: every path");
     }
 }
 

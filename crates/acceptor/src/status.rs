@@ -50,6 +50,10 @@ pub enum SkipReason {
     /// The files are those of a build that failed moments ago; it is retried
     /// after the retry interval or as soon as anything moves.
     KnownFailure,
+    /// The files kept changing while they were read (a renewer still
+    /// writing): no build of them is applied or counted as failed; the next
+    /// check tries again.
+    Unsettled,
 }
 
 /// What the reloader did, as seen by [`ReloadingAcceptor::events`](crate::ReloadingAcceptor::events).
@@ -118,6 +122,7 @@ impl fmt::Display for ReloadEvent {
             Self::Skipped { reason } => match reason {
                 SkipReason::Stale => f.write_str("reload skipped: stale"),
                 SkipReason::KnownFailure => f.write_str("reload skipped: known failure"),
+                SkipReason::Unsettled => f.write_str("reload skipped: files still changing"),
             },
         }
     }

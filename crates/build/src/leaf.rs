@@ -9,7 +9,9 @@ use x509_parser::prelude::FromDer;
 use crate::{BuildError, CertProblem};
 
 /// What a status page shows about the served leaf certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows the serial and fingerprint in hex and the dates in RFC 3339.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LeafInfo {
     /// The serial number's magnitude, big-endian, without DER's leading zero
     /// (one `0` byte for a zero serial).
@@ -130,6 +132,18 @@ pub(crate) fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CertProblem>
         return Err(CertProblem::TrailingData);
     }
     Ok(cert)
+}
+
+impl fmt::Debug for LeafInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeafInfo")
+            .field("serial", &format_args!("{}", self.serial_hex()))
+            .field("subject", &self.subject)
+            .field("not_before", &format_args!("{}", Rfc3339(self.not_before)))
+            .field("not_after", &format_args!("{}", Rfc3339(self.not_after)))
+            .field("sha256", &format_args!("{}", self.sha256_hex()))
+            .finish()
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
