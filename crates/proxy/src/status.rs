@@ -352,6 +352,14 @@ impl HeadReader {
     }
 }
 
+/// What the page makes of `bytes` arriving in reads of at most
+/// [`READ_CHUNK`] bytes: the route, or `None` if the head is incomplete
+/// (then the client would get a 408 after [`HEAD_TIMEOUT`]).
+pub(crate) fn route_received(bytes: &[u8]) -> Option<Route> {
+    let mut head = HeadReader::default();
+    bytes.chunks(READ_CHUNK).find_map(|chunk| head.push(chunk))
+}
+
 fn find_end_of_head(bytes: &[u8]) -> Option<usize> {
     let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n");
     let lf = bytes.windows(2).position(|w| w == b"\n\n");
