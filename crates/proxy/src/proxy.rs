@@ -12,9 +12,9 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use futures::future::{self, Either};
@@ -23,7 +23,9 @@ use futures::stream::{self, Stream, StreamExt};
 use smol::channel::{Receiver, Sender};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::Executor;
-use tls_reload_acceptor::{ReloadingAcceptor, TlsStream, DEFAULT_MAX_HANDSHAKES};
+use tls_reload_acceptor::{
+    LogLimit, ReloadingAcceptor, TlsStream, DEFAULT_LOG_WINDOW, DEFAULT_MAX_HANDSHAKES,
+};
 
 use crate::args::Target;
 use crate::copy::copy_bidirectional;
@@ -115,16 +117,16 @@ impl Proxy {
         slots: Sender<()>,
     ) -> Pin<Box<dyn Stream<Item = io::Result<Tcp>> + Send>> {
         let limit = Arc::new(Semaphore::new(self.max_connections));
+        // Clients can hit the limit at will: one line per window, then a count.
+        let at_limit = Arc::new(Mutex::new(LogLimit::new(1, DEFAULT_LOG_WINDOW)));
         Box::pin(stream::unfold(listener, move |listener| {
             let (limit, proxy, slots) = (limit.clone(), self.clone(), slots.clone());
+            let at_limit = at_limit.clone();
             async move {
                 let permit = match limit.try_acquire_arc() {
                     Some(permit) => permit,
                     None => {
-                        tracing::warn!(
-                            max = proxy.max_connections,
-                            "connection limit reached; new connections wait in the backlog"
-                        );
+                        proxy.warn_at_limit(&at_limit);
                         limit.acquire_arc().await
                     }
                 };
@@ -144,6 +146,27 @@ impl Proxy {
                 Some((accepted, listener))
             }
         }))
+    }
+
+    /// Says that the connection limit is reached, within `log`'s budget.
+    fn warn_at_limit(&self, log: &Mutex<LogLimit>) {
+        let now = Instant::now();
+        let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = log.roll_over(now) {
+            tracing::warn!(
+                times = held.count,
+                over = ?held.over,
+                "connection limit reached more times than logged"
+            );
+        }
+        if log.admit(now).log {
+            tracing::warn!(
+                max = self.max_connections,
+                "connection limit reached; new connections wait in the backlog"
+            );
+        } else {
+            tracing::debug!(max = self.max_connections, "connection limit reached");
+        }
     }
 
     /// Proxies one client whose handshake is done.
