@@ -410,17 +410,13 @@ impl Shared {
                 Reconfigure::Template(template) => (state.materials.clone(), template),
             });
             match reconfigure {
-                Some((materials, template)) => {
-                    let detector = state.source.make(&materials, &template);
-                    let epoch = state.epoch;
-                    (
-                        materials,
-                        template,
-                        state.current.clone(),
-                        Some(detector),
-                        epoch,
-                    )
-                }
+                Some((materials, template)) => (
+                    materials,
+                    template,
+                    state.current.clone(),
+                    Some(state.source.clone()),
+                    state.epoch,
+                ),
                 None => (
                     state.materials.clone(),
                     state.template.clone(),
@@ -430,6 +426,10 @@ impl Shared {
                 ),
             }
         };
+        // Made outside the lock: a user's factory may be slow, or ask for
+        // the status, and `status()` and the accept path's promotion take
+        // that lock.
+        let detector = detector.map(|source| source.make(&materials, &template));
         let fingerprint = match (&detector, fingerprint, manual) {
             (_, Some(fingerprint), _) => Some(fingerprint),
             (Some(detector), None, _) => detector.fingerprint().await.ok(),
@@ -720,12 +720,22 @@ fn retire<T: Send + 'static>(value: T) {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.state();
+        // Copied out first: a user detector's `Debug` never runs under the lock.
+        let (materials, source, generation, current) = {
+            let state = self.state();
+            let current = state.current.clone();
+            (
+                state.materials.clone(),
+                state.source.clone(),
+                state.generation,
+                current,
+            )
+        };
         f.debug_struct("ReloadingAcceptor")
-            .field("materials", &state.materials)
-            .field("detector", &state.source)
-            .field("generation", &state.generation)
-            .field("serial", &state.current.leaf().serial_hex())
+            .field("materials", &materials)
+            .field("detector", &source)
+            .field("generation", &generation)
+            .field("serial", &current.leaf().serial_hex())
             .field("interval", &self.settings.interval)
             .finish_non_exhaustive()
     }
