@@ -31,14 +31,25 @@ pub(crate) struct Args {
 
 impl Args {
     /// Parses `std::env::args`, or returns the exit code after printing why.
+    /// `--help` prints the usage and exits 0.
     pub(crate) fn from_env() -> Result<Self, ExitCode> {
-        Self::parse(std::env::args().skip(1)).map_err(|message| {
-            eprintln!("error: {message}\n{USAGE}");
-            ExitCode::from(2)
-        })
+        match Self::parse(std::env::args().skip(1)) {
+            Ok(Some(args)) => Ok(args),
+            Ok(None) => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            Err(message) => {
+                eprintln!("error: {message}\n{USAGE}");
+                Err(ExitCode::from(2))
+            }
+        }
     }
 
-    fn parse(args: impl Iterator<Item = String>) -> Result<Self, String> {
+    /// Parses the arguments (without the program name): `None` when
+    /// `--help` or `-h` is reached before an argument that is refused.
+    /// Prints nothing and never exits, so fuzzing and tests can call it.
+    pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
         let (mut cert, mut key, mut client_ca, mut client_ca_dir) = (None, None, None, None);
         let mut interval = Duration::from_millis(1000);
         let mut listen = "127.0.0.1:8443".to_owned();
@@ -53,8 +64,7 @@ impl Args {
                 _ => (arg, None),
             };
             if flag == "--help" || flag == "-h" {
-                println!("{USAGE}");
-                std::process::exit(0);
+                return Ok(None);
             }
             let mut value = || {
                 inline
@@ -90,7 +100,7 @@ impl Args {
             .map_err(|e| format!("--listen {listen}: {e}"))?
             .next()
             .ok_or_else(|| format!("--listen {listen}: no address"))?;
-        Ok(Self {
+        Ok(Some(Self {
             cert: cert.ok_or("--cert is required")?,
             key: key.ok_or("--key is required")?,
             client_ca,
@@ -99,7 +109,7 @@ impl Args {
             listen,
             detector,
             handshake_timeout,
-        })
+        }))
     }
 
     /// The acceptor these arguments describe; client certificates are

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Regenerates the fuzz seed corpora under fuzz/seeds/ from fresh openssl
+# certificates and keys (the formats the build tests cover: ECDSA P-256 with
+# PKCS#8 and SEC1 keys, RSA 2048 with a PKCS#1 key, Ed25519, a chain with an
+# intermediate, CA bundles). The seeds are committed: run this only to
+# change them. Validity does not matter (the fuzz checks turn the validity
+# policy off), so the certificates are made valid for 100 years.
+#
+# Input formats (see fuzz/checks/build.rs and the args checks):
+#   materials/       cert PEM, NUL, key PEM [, NUL, CA bundle PEM]...
+#   ca_dir/          CA directory entries separated by NUL (a leading
+#                    0x01..0x04 byte makes a hidden file, a symlink to the
+#                    previous entry, a dangling symlink, a subdirectory)
+#   status_request/  raw bytes a client sends to the status listener
+#   proxy_args/, example_args/   command-line arguments separated by NUL
+set -euo pipefail
+cd "$(dirname "$0")"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+ossl() { openssl "$@" 2>/dev/null; }
+subj() { echo "/CN=$1"; }
+
+# Keys: PKCS#8 (BEGIN PRIVATE KEY), SEC1 (BEGIN EC PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY).
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/ec.key"
+ossl ec -in "$work/ec.key" -out "$work/ec.sec1.key"
+ossl genrsa -traditional -out "$work/rsa.key" 2048
+ossl genpkey -algorithm ED25519 -out "$work/ed.key"
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 -out "$work/other.key"
+
+selfsign() { # key out cn
+    ossl req -x509 -new -key "$1" -out "$2" -days 36500 -subj "$(subj "$3")" \
+        -addext "subjectAltName=DNS:localhost"
+}
+selfsign "$work/ec.key" "$work/ec.crt" localhost
+selfsign "$work/rsa.key" "$work/rsa.crt" localhost
+selfsign "$work/ed.key" "$work/ed.crt" localhost
+
+# A root, an intermediate and a leaf it issued.
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/root.key"
+ossl req -x509 -new -key "$work/root.key" -out "$work/root.crt" -days 36500 -subj "$(subj root)" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/int.key"
+ossl req -new -key "$work/int.key" -out "$work/int.csr" -subj "$(subj intermediate)"
+printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n' >"$work/ca.ext"
+ossl x509 -req -in "$work/int.csr" -CA "$work/root.crt" -CAkey "$work/root.key" -CAcreateserial \
+    -days 36500 -extfile "$work/ca.ext" -out "$work/int.crt"
+ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/leaf.key"
+ossl req -new -key "$work/leaf.key" -out "$work/leaf.csr" -subj "$(subj localhost)"
+printf 'subjectAltName=DNS:localhost\n' >"$work/leaf.ext"
+ossl x509 -req -in "$work/leaf.csr" -CA "$work/int.crt" -CAkey "$work/int.key" -CAcreateserial \
+    -days 36500 -extfile "$work/leaf.ext" -out "$work/leaf.crt"
+cat "$work/leaf.crt" "$work/int.crt" >"$work/chain.crt"
+cat "$work/root.crt" "$work/int.crt" >"$work/bundle.crt"
+
+join() { # out parts... (NUL between parts)
+    local out=$1 first=1
+    shift
+    : >"$out"
+    for part in "$@"; do
+        if [ $first = 0 ]; then printf '\0' >>"$out"; fi
+        first=0
+        cat "$part" >>"$out"
+    done
+}
+
+rm -rf materials ca_dir status_request proxy_args example_args
+mkdir -p materials ca_dir status_request proxy_args example_args
+
+join materials/ec-pkcs8 "$work/ec.crt" "$work/ec.key"
+join materials/ec-sec1 "$work/ec.crt" "$work/ec.sec1.key"
+join materials/rsa-pkcs1 "$work/rsa.crt" "$work/rsa.key"
+join materials/ed25519 "$work/ed.crt" "$work/ed.key"
+join materials/chain-mtls "$work/chain.crt" "$work/leaf.key" "$work/root.crt"
+join materials/chain-bundle "$work/chain.crt" "$work/leaf.key" "$work/bundle.crt" "$work/ec.crt"
+join materials/mismatch "$work/ec.crt" "$work/other.key"
+{ printf 'subject=CN=localhost\n'; cat "$work/ec.crt"; printf '\n# trailing text\n'; } >"$work/text.crt"
+join materials/text-around "$work/text.crt" "$work/ec.key"
+cat "$work/ec.key" "$work/ec.crt" >"$work/both.pem"
+join materials/both-in-one "$work/both.pem" "$work/both.pem"
+printf -- '-----BEGIN CERTIFICATE-----\r\nMIIB\r\n-----END CERTIFICATE-----\r\n' >"$work/crlf.crt"
+join materials/crlf-short "$work/crlf.crt" "$work/ec.key"
+
+# The fixed identity the ca_dir target serves while its CA files are fuzzed.
+mkdir -p ../fixtures
+cp "$work/ec.crt" ../fixtures/identity.crt
+cp "$work/ec.key" ../fixtures/identity.key
+
+join ca_dir/one-root "$work/root.crt"
+join ca_dir/bundle-and-root "$work/bundle.crt" "$work/root.crt"
+printf '\x01' >"$work/hidden-prefix"
+cat "$work/hidden-prefix" "$work/root.crt" >"$work/hidden.crt"
+printf '\x02' >"$work/link"
+printf '\x03' >"$work/dangling"
+printf '\x04' >"$work/subdir"
+join ca_dir/entries "$work/root.crt" "$work/link" "$work/dangling" "$work/subdir" "$work/hidden.crt" "$work/int.crt"
+join ca_dir/not-pem "$work/root.crt" "$work/ec.key"
+
+printf 'GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n' >status_request/metrics
+printf 'GET /status HTTP/1.1\r\n\r\n' >status_request/status
+printf 'GET /healthz HTTP/1.0\r\n\r\n' >status_request/healthz
+printf 'GET / HTTP/1.1\r\n\r\n' >status_request/root
+printf 'HEAD /metrics HTTP/1.1\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n' >status_request/head
+printf 'POST /status HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}' >status_request/post
+printf 'GET /metrics?x=1 HTTP/1.1\n\n' >status_request/bare-lf
+
+args() { # out args... (NUL between args)
+    local out=$1
+    shift
+    printf '%s' "$1" >"$out"
+    shift
+    for arg in "$@"; do printf '\0%s' "$arg" >>"$out"; done
+}
+args example_args/minimal --cert tls.crt --key tls.key
+args example_args/all --cert tls.crt --key tls.key --client-ca ca.crt --client-ca-dir cas \
+    --interval-ms 250 --listen 127.0.0.1:0 --detector hash --handshake-timeout-ms 5000
+args example_args/equals --cert=tls.crt --key=tls.key --listen=[::1]:8443 --detector=metadata
+args example_args/help --help
+args example_args/bad --cert tls.crt --interval-ms 0 --detector nope
+args proxy_args/minimal --cert tls.crt --key tls.key --listen 127.0.0.1:8443 --target 127.0.0.1:8080
+args proxy_args/all --listen=0.0.0.0:6380 --target backend.internal:6379 --cert tls.crt --key tls.key \
+    --client-ca ca.crt --client-ca-dir cas --interval 500ms --status 127.0.0.1:9100 --max-connections 100 \
+    --handshake-timeout 5s --connect-timeout 1m --drain-timeout 1h --threads 2
+args proxy_args/help --help
+args proxy_args/bad --listen 127.0.0.1:0 --interval 5 --threads 0 --target :80
