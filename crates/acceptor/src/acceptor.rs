@@ -17,7 +17,8 @@ use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Templ
 use tls_reload_detect::{Detector, Strategy};
 
 use crate::deadline::{Deadline, Deadlines};
-use crate::shared::{DetectorSource, Reconfigure, Settings, Shared, Start};
+use crate::shared::{Reconfigure, Settings, Shared, Start};
+use crate::source::DetectorSource;
 use crate::{Events, Incoming, ReloadError, Status};
 
 /// How often the reloader checks the files unless told otherwise.
@@ -58,6 +59,7 @@ impl ReloadingAcceptor {
                 interval: DEFAULT_INTERVAL,
                 retry_interval: DEFAULT_RETRY_INTERVAL,
                 handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+                #[cfg(feature = "test-util")]
                 before_background_apply: None,
             },
         }
@@ -78,7 +80,7 @@ impl ReloadingAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let config = self.shared.config_for_accept();
+        let config = self.shared.config();
         Accept {
             handshake: futures_rustls::TlsAcceptor::from(config).accept(io),
             timeout: self.shared.deadlines.as_ref().and_then(Deadlines::start),
@@ -100,6 +102,10 @@ impl ReloadingAcceptor {
     /// on any executor; it ends when every handle to this acceptor is
     /// dropped.
     ///
+    /// One reloader runs per acceptor: one spawned while another runs ends
+    /// at once, with a warning (two would only check the same files twice).
+    /// Once the running one is dropped, a new one may take its place.
+    ///
     /// Every [interval](Builder::interval) it asks the detector; on a change
     /// it builds the new config on the blocking pool and applies it. The
     /// fingerprint of the files is committed only once their config is
@@ -117,7 +123,7 @@ impl ReloadingAcceptor {
     /// why not (like Valkey's `CONFIG SET`). A background build that began
     /// before this call is never applied after it.
     pub async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
-        self.shared.reload(None, None, true).await
+        self.shared.reload(None).await
     }
 
     /// Switches to other material paths, building them first: on error,
@@ -125,19 +131,19 @@ impl ReloadingAcceptor {
     /// new paths from then on.
     pub async fn set_materials(&self, materials: Materials) -> Result<Reloaded, ReloadError> {
         let change = Reconfigure::Materials(materials);
-        self.shared.reload(None, Some(change), true).await
+        self.shared.reload(Some(change)).await
     }
 
     /// Switches to another template (provider, protocol versions, ALPN,
     /// client auth), building it first: on error, nothing changes.
     pub async fn set_template(&self, template: Template) -> Result<Reloaded, ReloadError> {
         let change = Reconfigure::Template(template);
-        self.shared.reload(None, Some(change), true).await
+        self.shared.reload(Some(change)).await
     }
 
     /// The config new handshakes get now.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.shared.config_for_accept()
+        self.shared.config()
     }
 
     /// The build now served, with its leaf certificate's details.
@@ -169,6 +175,10 @@ async fn run_reloader(
     alive: async_channel::Receiver<()>,
     interval: Duration,
 ) {
+    let Some(_claim) = shared.upgrade().and_then(|shared| shared.claim_reloader()) else {
+        tracing::warn!("a reloader is already running for this acceptor; this one ends");
+        return;
+    };
     // Re-armed after each check rather than `Timer::interval`, which fires
     // the ticks it missed back to back after a slow check.
     let mut timer = Timer::after(interval);
@@ -253,9 +263,8 @@ impl Builder {
         self
     }
 
-    /// Uses this detector whatever the paths: a
-    /// [`TestDetector`](tls_reload_detect::TestDetector) makes reloads
-    /// deterministic in tests.
+    /// Uses this detector whatever the paths (the `test-util` feature's
+    /// `TestDetector` makes reloads deterministic in tests).
     pub fn detector(mut self, detector: impl Detector + 'static) -> Self {
         self.source = DetectorSource::Fixed(Arc::new(detector));
         self
@@ -271,9 +280,9 @@ impl Builder {
     }
 
     /// Awaits `hook` after every successful background build, before the
-    /// result is applied. A test hook, not API: it lets a test hold a build
-    /// in flight while a manual reload overtakes it.
-    #[doc(hidden)]
+    /// result lands. A test hook (feature `test-util`): it lets a test hold
+    /// a build in flight while a manual reload overtakes it.
+    #[cfg(feature = "test-util")]
     pub fn before_background_apply<F>(
         mut self,
         hook: impl Fn() -> F + Send + Sync + 'static,

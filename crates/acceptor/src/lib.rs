@@ -70,6 +70,7 @@ mod error;
 mod incoming;
 mod log_limit;
 mod shared;
+mod source;
 mod status;
 
 pub use acceptor::{
@@ -86,4 +87,7 @@ pub use rustls;
 pub use tls_reload_build::{
     BuildError, Built, ClientAuth, LeafInfo, Materials, Resumption, Template,
 };
-pub use tls_reload_detect::{Detector, Strategy, TestDetector};
+/// A detector driven by hand, for tests (feature `test-util`).
+#[cfg(feature = "test-util")]
+pub use tls_reload_detect::TestDetector;
+pub use tls_reload_detect::{Detector, Strategy};

@@ -1,59 +1,68 @@
-//! The state behind every acceptor handle, and the reload logic.
+//! The reload engine: the state behind every acceptor handle.
+//!
+//! # The state machine
+//!
+//! Four callers start a reload: the reloader's tick (background), and
+//! `reload_now`, `set_materials` and `set_template` (manual). Each is a
+//! *request* that goes through the same steps and ends in [`Shared::land`],
+//! the one place a build is applied:
+//!
+//! ```text
+//!  request ──lock: ticket t = seq + 1, snapshot materials, template, served build──┐
+//!                                                                                  │
+//!  ┌─────────────── building (blocking pool; no lock held) ◄───────────────────────┘
+//!  │        background only: fingerprint the files again when the build is done
+//!  ├── moved ───────► dropped (neither applied nor a failure); the tick starts
+//!  │                  again once the files settle, 5 times at most
+//!  ├── failed ──────► stale? dropped : reported once per cause and files
+//!  └── built ─── land: lock, t below its floor? ──yes──► stale: dropped
+//!                                               └─no───► applied: config stored,
+//!                                                        fingerprint committed
+//! ```
+//!
+//! **One ordering mechanism**: the ticket, a sequence number taken when a
+//! request starts. Two floors of that sequence say what may still land. A
+//! manual request that starts raises both to its ticket: nothing that began
+//! before it lands after it. A result that lands raises the background floor
+//! past its ticket: an older background build never replaces a newer one.
+//! A reconfiguration that lands raises the background floor past every
+//! ticket issued: a background build of the old paths never lands after the
+//! switch. A manual result is stale only if a newer manual request started,
+//! so a switch wins over background reloads of the old files that landed
+//! while it was built.
+//!
+//! **Locks.** `state` guards the materials, template, detector source, the
+//! [`Watcher`] (committed fingerprint, last change seen, last failure), the
+//! ticket sequence and floors, the served build and the counters of
+//! [`Status`]. It is held for a few lines at a time: never across an
+//! `.await`, never around user code (a detector factory, a user detector's
+//! `Debug`), IO or a build. `subscribers` guards the event senders.
+//!
+//! **The accept path takes no lock.** It loads `config`, an [`ArcSwap`],
+//! once per handshake. A good build is stored there by the request that
+//! built it, under the state lock so that stores happen in landing order.
+//! There is no pending slot between the two: an `ArcSwap` store is already
+//! atomic between accepts (an accept loads once, so a handshake never sees
+//! half of a reload), no accept waits for a build, and an idle server
+//! reports an applied reload at once. A slot would only defer the store to
+//! the next accept, and make that accept do the applying.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use async_io::Timer;
-use futures::future::BoxFuture;
 use rustls::ServerConfig;
-use tls_reload_build::{Built, Materials, Template};
-use tls_reload_detect::{Composite, DetectError, Detector, Fingerprint, Strategy};
+use tls_reload_build::{BuildError, Built, Materials, Template};
+use tls_reload_detect::{DetectError, Detector, Fingerprint, Watcher};
 
 use crate::deadline::Deadlines;
 use crate::error::Cause;
+use crate::source::DetectorSource;
 use crate::{ReloadError, ReloadEvent, Reloaded, SkipReason, Status};
-
-/// Makes a detector for a set of materials.
-pub(crate) type DetectorFactory = dyn Fn(&Materials) -> Box<dyn Detector> + Send + Sync;
-
-/// Where the reloader's detector comes from.
-#[derive(Clone)]
-pub(crate) enum DetectorSource {
-    /// A built-in strategy over the material paths.
-    Strategy(Strategy),
-    /// One detector, whatever the paths.
-    Fixed(Arc<dyn Detector>),
-    /// A detector made from the materials, anew when they change.
-    Factory(Arc<DetectorFactory>),
-}
-
-impl DetectorSource {
-    pub(crate) fn make(&self, materials: &Materials, template: &Template) -> Arc<dyn Detector> {
-        match self {
-            Self::Strategy(strategy) => Arc::new(Composite::from_paths_with_limit(
-                *strategy,
-                materials.paths(),
-                template.file_size_limit(),
-            )),
-            Self::Fixed(detector) => detector.clone(),
-            Self::Factory(factory) => Arc::from(factory(materials)),
-        }
-    }
-}
-
-impl fmt::Debug for DetectorSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Strategy(strategy) => write!(f, "{strategy}"),
-            Self::Fixed(detector) => write!(f, "{detector:?}"),
-            Self::Factory(_) => f.write_str("<factory>"),
-        }
-    }
-}
 
 /// What a reconfiguration changes; the other half is taken as it stands
 /// when the reconfiguration takes its ticket.
@@ -63,38 +72,30 @@ pub(crate) enum Reconfigure {
     Template(Template),
 }
 
-/// A built config waiting to be applied at the next accept.
-struct Pending {
-    ticket: u64,
-    /// The materials epoch it was built from.
-    epoch: u64,
-    built: Arc<Built>,
-    fingerprint: Option<Fingerprint>,
-    manual: bool,
-}
-
 pub(crate) struct Settings {
     pub(crate) interval: Duration,
     pub(crate) retry_interval: Duration,
     pub(crate) handshake_timeout: Option<Duration>,
-    /// Awaited between a background build and its apply (a test hook).
+    /// Awaited between a background build and its landing (a test hook).
+    #[cfg(feature = "test-util")]
     pub(crate) before_background_apply: Option<Hook>,
 }
 
 /// See [`Builder::before_background_apply`](crate::Builder::before_background_apply).
-pub(crate) type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+#[cfg(feature = "test-util")]
+pub(crate) type Hook = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 pub(crate) struct Shared {
-    /// What new handshakes use: loaded once per accept.
+    /// What new handshakes use: loaded once per accept, the only thing the
+    /// accept path touches.
     config: ArcSwap<ServerConfig>,
-    pending: ArcSwapOption<Pending>,
-    /// Build tickets, in the order builds start.
-    tickets: AtomicU64,
     state: Mutex<State>,
     subscribers: Mutex<Vec<async_channel::Sender<ReloadEvent>>>,
     pub(crate) settings: Settings,
     /// Handshake deadlines, when handshakes have a timeout.
     pub(crate) deadlines: Option<Deadlines>,
+    /// Set while a reloader runs: a second one ends at once.
+    reloader_running: AtomicBool,
     /// Never sent on: dropped with the last handle, which ends the reloaders.
     _alive: async_channel::Sender<()>,
     pub(crate) alive: async_channel::Receiver<()>,
@@ -104,15 +105,10 @@ struct State {
     materials: Materials,
     template: Template,
     source: DetectorSource,
-    detector: Arc<dyn Detector>,
-    /// The fingerprint of the files the served config was built from.
-    committed: Option<Fingerprint>,
-    /// Builds with a ticket below this were overtaken by a manual reload.
-    min_ticket: u64,
-    /// Bumped when the materials or template are switched: a build from
-    /// other materials is never applied after the switch.
-    epoch: u64,
-    applied_ticket: u64,
+    /// The detector, the committed fingerprint (of the files the served
+    /// config was built from), the last change seen and the last failure.
+    watcher: Watcher,
+    order: Order,
     current: Arc<Built>,
     generation: u64,
     applied_at: SystemTime,
@@ -120,20 +116,60 @@ struct State {
     reloads_applied: u64,
     reloads_failed: u64,
     last_error: Option<(String, SystemTime)>,
-    /// The last failure, to report a repeat once and not rebuild the same
-    /// broken files every tick.
-    last_failure: Option<Failure>,
-    /// The last fingerprint reported as detected, so a retry of the same
-    /// files is not news.
-    detected: Option<Fingerprint>,
+    /// The cause and files of the last failure reported: a repeat is
+    /// reported once.
+    last_failure: Option<(Cause, Option<Fingerprint>)>,
+    /// Whether a skip of the files that failed was reported already.
+    skip_reported: bool,
 }
 
-struct Failure {
-    cause: Cause,
-    fingerprint: Option<Fingerprint>,
-    at: Instant,
-    /// Whether a skip of these same files was reported already.
-    skip_reported: bool,
+/// The ticket sequence and the floors below which a result is stale (see
+/// the module docs).
+#[derive(Debug, Default)]
+struct Order {
+    /// The last ticket issued.
+    seq: u64,
+    /// A background result with a lower ticket does not land.
+    background_floor: u64,
+    /// A manual result with a lower ticket does not land.
+    manual_floor: u64,
+}
+
+impl Order {
+    fn issue(&mut self, manual: bool) -> u64 {
+        self.seq += 1;
+        if manual {
+            // Whatever started before this must not land after it.
+            self.background_floor = self.seq;
+            self.manual_floor = self.seq;
+        }
+        self.seq
+    }
+
+    fn is_stale(&self, ticket: u64, manual: bool) -> bool {
+        let floor = if manual {
+            self.manual_floor
+        } else {
+            self.background_floor
+        };
+        ticket < floor
+    }
+
+    fn landed(&mut self, ticket: u64, reconfigured: bool) {
+        let past = if reconfigured { self.seq } else { ticket };
+        self.background_floor = self.background_floor.max(past + 1);
+    }
+}
+
+/// A request's ticket and everything it builds from, taken in one step.
+struct Request {
+    ticket: u64,
+    manual: bool,
+    materials: Materials,
+    template: Template,
+    previous: Arc<Built>,
+    /// A reconfiguration's source for the new detector, made outside the lock.
+    switch: Option<DetectorSource>,
 }
 
 pub(crate) struct Start {
@@ -145,7 +181,7 @@ pub(crate) struct Start {
 
 impl Shared {
     /// Builds the first config, failing fast.
-    pub(crate) async fn start(start: Start) -> Result<Arc<Self>, tls_reload_build::BuildError> {
+    pub(crate) async fn start(start: Start) -> Result<Arc<Self>, BuildError> {
         let detector = start.source.make(&start.materials, &start.template);
         // Fingerprint before reading: a change in between costs one more
         // reload later, never a missed one.
@@ -157,23 +193,26 @@ impl Shared {
             }
         };
         let built = tls_reload_build::build(&start.materials, &start.template, None).await?;
-        Ok(Self::new(start, detector, committed, built))
+        Ok(Self::new(
+            start,
+            Watcher::with_committed(detector, committed),
+            built,
+        ))
     }
 
     /// Builds the first config on the current thread, failing fast.
-    pub(crate) fn start_blocking(start: Start) -> Result<Arc<Self>, tls_reload_build::BuildError> {
+    pub(crate) fn start_blocking(start: Start) -> Result<Arc<Self>, BuildError> {
         let detector = start.source.make(&start.materials, &start.template);
         let committed = futures::executor::block_on(detector.fingerprint()).ok();
         let built = tls_reload_build::build_blocking(&start.materials, &start.template, None)?;
-        Ok(Self::new(start, detector, committed, built))
+        Ok(Self::new(
+            start,
+            Watcher::with_committed(detector, committed),
+            built,
+        ))
     }
 
-    fn new(
-        start: Start,
-        detector: Arc<dyn Detector>,
-        committed: Option<Fingerprint>,
-        built: Built,
-    ) -> Arc<Self> {
+    fn new(start: Start, watcher: Watcher, built: Built) -> Arc<Self> {
         let (alive_tx, alive_rx) = async_channel::bounded(1);
         let built = Arc::new(built);
         tracing::info!(
@@ -183,17 +222,12 @@ impl Shared {
         );
         Arc::new(Self {
             config: ArcSwap::new(built.config().clone()),
-            pending: ArcSwapOption::empty(),
-            tickets: AtomicU64::new(0),
             state: Mutex::new(State {
                 materials: start.materials,
                 template: start.template,
                 source: start.source,
-                detector,
-                committed,
-                min_ticket: 0,
-                epoch: 0,
-                applied_ticket: 0,
+                watcher,
+                order: Order::default(),
                 current: built,
                 generation: 1,
                 applied_at: SystemTime::now(),
@@ -202,21 +236,19 @@ impl Shared {
                 reloads_failed: 0,
                 last_error: None,
                 last_failure: None,
-                detected: None,
+                skip_reported: false,
             }),
             subscribers: Mutex::new(Vec::new()),
             deadlines: start.settings.handshake_timeout.map(Deadlines::new),
             settings: start.settings,
+            reloader_running: AtomicBool::new(false),
             _alive: alive_tx,
             alive: alive_rx,
         })
     }
 
-    /// The config for a new handshake, after applying a pending one.
-    pub(crate) fn config_for_accept(&self) -> Arc<ServerConfig> {
-        if self.pending.load().is_some() {
-            self.promote();
-        }
+    /// The config for a new handshake: one atomic load, no lock.
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
         self.config.load_full()
     }
 
@@ -249,6 +281,15 @@ impl Shared {
         self.state().current.clone()
     }
 
+    /// Marks a reloader as running; `None` if one already is.
+    pub(crate) fn claim_reloader(self: &Arc<Self>) -> Option<ReloaderClaim> {
+        let claimed = self
+            .reloader_running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        claimed.then(|| ReloaderClaim(Arc::downgrade(self)))
+    }
+
     pub(crate) fn subscribe(&self) -> async_channel::Receiver<ReloadEvent> {
         let (tx, rx) = async_channel::bounded(256);
         let mut subscribers = self
@@ -273,64 +314,56 @@ impl Shared {
 
     /// One reloader tick: detect, and on a change build and apply.
     pub(crate) async fn tick(&self) {
-        let (detector, committed, pending) = {
-            let state = self.state();
-            let pending = self
-                .pending
-                .load()
-                .as_ref()
-                .and_then(|p| p.fingerprint.clone());
-            (state.detector.clone(), state.committed.clone(), pending)
-        };
+        let detector = self.state().watcher.detector().clone();
         let fingerprint = match settled_fingerprint(&*detector).await {
             Ok(fingerprint) => fingerprint,
             Err(error) => return self.record_failure(error.into(), None, false),
         };
-        if committed.as_ref() == Some(&fingerprint) {
-            // Back to what is served (a file that went missing came back as
-            // it was): a new failure or change is news again.
-            let mut state = self.state();
-            state.last_failure = None;
-            state.detected = None;
-            drop(state);
-            tracing::trace!("no change");
+        let Some(news) = self.observe(&detector, fingerprint.clone()) else {
             return;
-        }
-        if pending.as_ref() == Some(&fingerprint) {
-            return;
-        }
-        let news = {
-            let mut state = self.state();
-            if let Some(failure) = &mut state.last_failure {
-                if failure.fingerprint.as_ref() == Some(&fingerprint)
-                    && failure.at.elapsed() < self.settings.retry_interval
-                {
-                    tracing::trace!("files unchanged since the last failed build");
-                    let first = !std::mem::replace(&mut failure.skip_reported, true);
-                    drop(state);
-                    if first {
-                        self.emit(ReloadEvent::Skipped {
-                            reason: SkipReason::KnownFailure,
-                        });
-                    }
-                    return;
-                }
-            }
-            let news = state.detected.as_ref() != Some(&fingerprint);
-            state.detected = Some(fingerprint.clone());
-            news
         };
-        if news {
-            let paths = match &committed {
-                Some(committed) => fingerprint.changed_paths(committed),
-                None => fingerprint.paths().map(Into::into).collect(),
-            };
-            log_detected(&paths);
-            self.emit(ReloadEvent::Detected { paths });
-        } else {
-            tracing::debug!("retrying files that failed to build");
+        match news {
+            Some(paths) => {
+                log_detected(&paths);
+                self.emit(ReloadEvent::Detected { paths });
+            }
+            None => tracing::debug!("retrying files that failed to build"),
         }
         self.build_settled(&detector, fingerprint).await;
+    }
+
+    /// Hands a fingerprint to the watcher. `None`: nothing to build (no
+    /// change, a known failure to wait out, or the detector was switched
+    /// meanwhile); else the changed paths if the change is news.
+    fn observe(
+        &self,
+        detector: &Arc<dyn Detector>,
+        fingerprint: Fingerprint,
+    ) -> Option<Option<Vec<PathBuf>>> {
+        let mut state = self.state();
+        if !Arc::ptr_eq(state.watcher.detector(), detector) {
+            return None;
+        }
+        let Some(change) = state.watcher.observe(fingerprint) else {
+            // Back to what is served: a new failure is news again.
+            state.last_failure = None;
+            tracing::trace!("no change");
+            return None;
+        };
+        let failing = state.watcher.failed_since(change.fingerprint());
+        if failing.is_some_and(|since| since.elapsed() < self.settings.retry_interval) {
+            let first = !std::mem::replace(&mut state.skip_reported, true);
+            drop(state);
+            tracing::trace!("files unchanged since the last failed build");
+            if first {
+                self.emit(ReloadEvent::Skipped {
+                    reason: SkipReason::KnownFailure,
+                });
+            }
+            return None;
+        }
+        let news = change.is_news().then(|| change.paths().to_vec());
+        Some(news)
     }
 
     /// Builds and applies the files of `fingerprint`, starting again while
@@ -343,28 +376,27 @@ impl Shared {
     async fn build_settled(&self, detector: &Arc<dyn Detector>, mut fingerprint: Fingerprint) {
         let mut pause = SETTLE_PAUSE;
         for attempt in 1..=SETTLE_ATTEMPTS {
-            match self
+            let now = match self
                 .run(Some(fingerprint), None, false, Some(&**detector))
                 .await
             {
                 Landed::Done(_) => return,
                 Landed::Moved(_) if attempt == SETTLE_ATTEMPTS => break,
-                Landed::Moved(now) => {
-                    tracing::debug!(
-                        attempt,
-                        "tls materials moved while they were read; building again once they settle"
-                    );
-                    Timer::after(pause).await;
-                    pause *= 2;
-                    fingerprint = match now {
-                        Some(now) => now,
-                        None => match settled_fingerprint(detector).await {
-                            Ok(now) => now,
-                            Err(error) => return self.record_failure(error.into(), None, false),
-                        },
-                    };
-                }
-            }
+                Landed::Moved(now) => now,
+            };
+            tracing::debug!(
+                attempt,
+                "tls materials moved while they were read; building again once they settle"
+            );
+            Timer::after(pause).await;
+            pause *= 2;
+            fingerprint = match now {
+                Some(now) => now,
+                None => match settled_fingerprint(&**detector).await {
+                    Ok(now) => now,
+                    Err(error) => return self.record_failure(error.into(), None, false),
+                },
+            };
         }
         tracing::debug!("tls materials still moving; the next check tries again");
         self.emit(ReloadEvent::Skipped {
@@ -373,24 +405,22 @@ impl Shared {
     }
 
     /// Builds from the materials in force (or `reconfigure`'s new ones) and
-    /// applies the result unless a newer reload overtook it.
+    /// applies the result unless a newer request overtook it.
     pub(crate) async fn reload(
         &self,
-        fingerprint: Option<Fingerprint>,
         reconfigure: Option<Reconfigure>,
-        manual: bool,
     ) -> Result<Reloaded, ReloadError> {
-        match self.run(fingerprint, reconfigure, manual, None).await {
+        match self.run(None, reconfigure, true, None).await {
             Landed::Done(result) => result,
             // Only a run with a detector to check against reports a move.
             Landed::Moved(_) => Err(ReloadError::Superseded),
         }
     }
 
-    /// [`reload`](Self::reload); with `check`, the files are fingerprinted
-    /// again once the build is done (after [`QUIET`] when it failed), and a
-    /// build whose files moved is dropped (neither applied nor a failure)
-    /// and reported as [`Landed::Moved`].
+    /// One request, from its ticket to its landing. With `check`, the files
+    /// are fingerprinted again once the build is done (after [`QUIET`] when
+    /// it failed), and a build whose files moved is dropped, neither applied
+    /// nor a failure: [`Landed::Moved`].
     async fn run(
         &self,
         fingerprint: Option<Fingerprint>,
@@ -398,210 +428,159 @@ impl Shared {
         manual: bool,
         check: Option<&dyn Detector>,
     ) -> Landed {
-        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
-        let (materials, template, previous, detector, epoch) = {
-            let mut state = self.state();
-            if manual {
-                // Whatever started before this must not land after it.
-                state.min_ticket = state.min_ticket.max(ticket);
-            }
-            let reconfigure = reconfigure.map(|change| match change {
-                Reconfigure::Materials(materials) => (materials, state.template.clone()),
-                Reconfigure::Template(template) => (state.materials.clone(), template),
-            });
-            match reconfigure {
-                Some((materials, template)) => (
-                    materials,
-                    template,
-                    state.current.clone(),
-                    Some(state.source.clone()),
-                    state.epoch,
-                ),
-                None => (
-                    state.materials.clone(),
-                    state.template.clone(),
-                    state.current.clone(),
-                    None,
-                    state.epoch,
-                ),
-            }
-        };
+        let request = self.begin(manual, reconfigure);
         // Made outside the lock: a user's factory may be slow, or ask for
-        // the status, and `status()` and the accept path's promotion take
-        // that lock.
-        let detector = detector.map(|source| source.make(&materials, &template));
-        let fingerprint = match (&detector, fingerprint, manual) {
-            (_, Some(fingerprint), _) => Some(fingerprint),
-            (Some(detector), None, _) => detector.fingerprint().await.ok(),
-            (None, None, true) => {
-                let detector = self.state().detector.clone();
+        // the status, which takes that lock.
+        let switch = request
+            .switch
+            .as_ref()
+            .map(|source| source.make(&request.materials, &request.template));
+        let fingerprint = match (fingerprint, &switch) {
+            (Some(fingerprint), _) => Some(fingerprint),
+            (None, Some(detector)) => detector.fingerprint().await.ok(),
+            (None, None) => {
+                let detector = self.state().watcher.detector().clone();
                 detector.fingerprint().await.ok()
             }
-            (None, None, false) => None,
         };
-        let built = tls_reload_build::build(&materials, &template, Some(previous)).await;
+        let built = tls_reload_build::build(
+            &request.materials,
+            &request.template,
+            Some(request.previous.clone()),
+        )
+        .await;
         if let Some(check) = check {
-            if built.is_err() {
-                // A pair written file by file fails to build between the
-                // two writes: a failure counts only once the files have
-                // stayed put a moment.
-                Timer::after(QUIET).await;
-            }
-            let now = check.fingerprint().await.ok();
-            if now != fingerprint {
+            if let Some(now) = moved(check, built.is_err(), fingerprint.as_ref()).await {
                 retire(built);
                 return Landed::Moved(now);
             }
         }
-        let built = match built {
-            Ok(built) => Arc::new(built),
-            Err(error) => {
-                if self.is_stale(ticket, epoch) {
-                    return Landed::Done(Err(ReloadError::Superseded));
-                }
-                let error = ReloadError::from(error);
-                self.record_failure(error.clone(), fingerprint, manual);
-                return Landed::Done(Err(error));
+        let result = match built {
+            Ok(built) => {
+                self.land(request, Arc::new(built), fingerprint, switch)
+                    .await
             }
+            Err(error) => Err(self.refused(&request, error, fingerprint)),
         };
-        let switch = detector.map(|detector| (materials, template, detector));
-        Landed::Done(
-            self.land(ticket, epoch, built, fingerprint, manual, switch)
-                .await,
-        )
+        Landed::Done(result)
     }
 
-    /// Applies a good build unless a newer reload overtook it.
+    /// Takes a ticket and a snapshot of what to build, in one step.
+    fn begin(&self, manual: bool, reconfigure: Option<Reconfigure>) -> Request {
+        let mut state = self.state();
+        let ticket = state.order.issue(manual);
+        let (materials, template, switch) = match reconfigure {
+            None => (state.materials.clone(), state.template.clone(), None),
+            Some(Reconfigure::Materials(materials)) => (
+                materials,
+                state.template.clone(),
+                Some(state.source.clone()),
+            ),
+            Some(Reconfigure::Template(template)) => (
+                state.materials.clone(),
+                template,
+                Some(state.source.clone()),
+            ),
+        };
+        Request {
+            ticket,
+            manual,
+            materials,
+            template,
+            previous: state.current.clone(),
+            switch,
+        }
+    }
+
+    /// A build that failed: reported unless a newer request overtook it.
+    fn refused(
+        &self,
+        request: &Request,
+        error: BuildError,
+        fingerprint: Option<Fingerprint>,
+    ) -> ReloadError {
+        if self.state().order.is_stale(request.ticket, request.manual) {
+            return ReloadError::Superseded;
+        }
+        let error = ReloadError::from(error);
+        self.record_failure(error.clone(), fingerprint, request.manual);
+        error
+    }
+
+    /// Applies a good build unless a newer request overtook it: the one
+    /// place a config is stored.
     async fn land(
         &self,
-        ticket: u64,
-        epoch: u64,
+        request: Request,
         built: Arc<Built>,
         fingerprint: Option<Fingerprint>,
-        manual: bool,
-        switch: Option<(Materials, Template, Arc<dyn Detector>)>,
+        switch: Option<Arc<dyn Detector>>,
     ) -> Result<Reloaded, ReloadError> {
         self.emit(ReloadEvent::Built {
             leaf: built.leaf().clone(),
             resumption: built.resumption(),
         });
-        if let (false, Some(hook)) = (manual, &self.settings.before_background_apply) {
+        #[cfg(feature = "test-util")]
+        if let (false, Some(hook)) = (request.manual, &self.settings.before_background_apply) {
             hook().await;
         }
-        if let Some((materials, template, detector)) = switch {
-            // Switch and apply in one step: a background build from the old
-            // materials (an older epoch) can then never land after it.
-            let mut state = self.state();
-            if ticket < state.min_ticket {
-                return Err(ReloadError::Superseded);
-            }
-            state.materials = materials;
-            state.template = template;
-            state.detector = detector;
-            state.epoch += 1;
-            if let Some(stale) = self.pending.swap(None) {
-                retire(stale);
-            }
-            let applied = Pending {
-                ticket,
-                epoch: state.epoch,
-                built,
-                fingerprint,
-                manual,
-            };
-            return Ok(self.apply(state, &applied).into());
-        }
-        let mine = Arc::new(Pending {
-            ticket,
-            epoch,
-            built,
-            fingerprint,
-            manual,
-        });
-        // Never replace a newer build waiting in the slot.
-        self.pending.rcu(|waiting| match waiting {
-            Some(waiting) if waiting.ticket > ticket => Some(waiting.clone()),
-            _ => Some(mine.clone()),
-        });
-        match self.promote() {
-            Some(reloaded) if reloaded.ticket == ticket => Ok(reloaded.into()),
-            // Applied by a concurrent promote (which holds the lock while it
-            // takes from the slot and applies, so it is done by now).
-            _ => {
-                let state = self.state();
-                if state.applied_ticket == ticket {
-                    Ok(Reloaded {
-                        generation: state.generation,
-                        leaf: mine.built.leaf().clone(),
-                        resumption: mine.built.resumption(),
-                    })
-                } else {
-                    Err(ReloadError::Superseded)
-                }
-            }
-        }
-    }
-
-    fn is_stale(&self, ticket: u64, epoch: u64) -> bool {
-        let state = self.state();
-        ticket < state.min_ticket || ticket <= state.applied_ticket || epoch != state.epoch
-    }
-
-    /// Applies the pending config, if any and if no newer one was applied.
-    fn promote(&self) -> Option<Applied> {
-        // The lock is taken before the slot is emptied, so once a promote
-        // returns, whatever it took has been applied or dropped.
-        let state = self.state();
-        let pending = self.pending.swap(None)?;
-        if pending.ticket < state.min_ticket
-            || pending.ticket <= state.applied_ticket
-            || pending.epoch != state.epoch
-        {
+        let mut state = self.state();
+        if state.order.is_stale(request.ticket, request.manual) {
             drop(state);
-            tracing::debug!(ticket = pending.ticket, "dropped a stale build");
-            retire(pending);
+            tracing::debug!(ticket = request.ticket, "dropped a stale build");
+            retire(built);
             self.emit(ReloadEvent::Skipped {
                 reason: SkipReason::Stale,
             });
-            return None;
+            return Err(ReloadError::Superseded);
         }
-        Some(self.apply(state, &pending))
+        state.order.landed(request.ticket, switch.is_some());
+        match switch {
+            Some(detector) => {
+                state.materials = request.materials;
+                state.template = request.template;
+                state.watcher = Watcher::with_committed(detector, fingerprint);
+            }
+            None => match fingerprint {
+                Some(fingerprint) => state.watcher.commit(fingerprint),
+                // Nothing is known to match the served files: the next
+                // check rebuilds.
+                None => state.watcher.uncommit(),
+            },
+        }
+        Ok(self.apply(state, built, request.manual))
     }
 
-    /// Serves `applied` from now on; `state` is the held lock.
-    fn apply(&self, mut state: MutexGuard<'_, State>, applied: &Pending) -> Applied {
-        let old_config = self.config.swap(applied.built.config().clone());
+    /// Serves `built` from now on; `state` is the held lock.
+    fn apply(&self, mut state: MutexGuard<'_, State>, built: Arc<Built>, manual: bool) -> Reloaded {
+        let old_config = self.config.swap(built.config().clone());
+        let old_built = std::mem::replace(&mut state.current, built.clone());
         let now = SystemTime::now();
-        let old_built = std::mem::replace(&mut state.current, applied.built.clone());
-        state.applied_ticket = state.applied_ticket.max(applied.ticket);
         state.generation += 1;
         state.applied_at = now;
         state.last_reload_at = Some(now);
         state.reloads_applied += 1;
         state.last_failure = None;
-        // Without a fingerprint (it could not be taken), nothing is known to
-        // match the served files: the next check rebuilds.
-        state.committed = applied.fingerprint.clone();
         let generation = state.generation;
         drop(state);
         retire((old_config, old_built));
-        let leaf = applied.built.leaf();
+        let leaf = built.leaf();
         tracing::info!(
             generation,
             serial = %leaf.serial_hex(),
             subject = %leaf.subject,
-            resumption = ?applied.built.resumption(),
+            resumption = ?built.resumption(),
             "tls reload applied"
         );
         self.emit(ReloadEvent::Applied {
             generation,
             leaf: leaf.clone(),
-            manual: applied.manual,
+            manual,
         });
-        Applied {
-            ticket: applied.ticket,
+        Reloaded {
             generation,
-            built: applied.built.clone(),
+            leaf: leaf.clone(),
+            resumption: built.resumption(),
         }
     }
 
@@ -609,18 +588,14 @@ impl Shared {
     /// `always` for a manual reload, whose caller asked.
     fn record_failure(&self, error: ReloadError, fingerprint: Option<Fingerprint>, always: bool) {
         let message = error.to_string();
-        let cause = error.cause();
+        let key = (error.cause(), fingerprint.clone());
         let mut state = self.state();
-        let repeated = state
-            .last_failure
-            .as_ref()
-            .is_some_and(|last| last.cause == cause && last.fingerprint == fingerprint);
-        state.last_failure = Some(Failure {
-            cause,
-            fingerprint,
-            at: Instant::now(),
-            skip_reported: false,
-        });
+        let repeated = state.last_failure.as_ref() == Some(&key);
+        state.last_failure = Some(key);
+        state.skip_reported = false;
+        if let Some(fingerprint) = fingerprint {
+            state.watcher.fail(fingerprint, Instant::now());
+        }
         if repeated && !always {
             drop(state);
             tracing::debug!(error = %message, "tls reload still failing");
@@ -631,6 +606,40 @@ impl Shared {
         drop(state);
         tracing::warn!(error = %message, "tls reload failed; keeping the last good config");
         self.emit(ReloadEvent::Failed { error });
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Copied out first: a user detector's `Debug` never runs under the lock.
+        let (materials, source, generation, current) = {
+            let state = self.state();
+            let current = state.current.clone();
+            (
+                state.materials.clone(),
+                state.source.clone(),
+                state.generation,
+                current,
+            )
+        };
+        f.debug_struct("ReloadingAcceptor")
+            .field("materials", &materials)
+            .field("detector", &source)
+            .field("generation", &generation)
+            .field("serial", &current.leaf().serial_hex())
+            .field("interval", &self.settings.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Held by the running reloader; frees the place when it ends.
+pub(crate) struct ReloaderClaim(std::sync::Weak<Shared>);
+
+impl Drop for ReloaderClaim {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.reloader_running.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -649,11 +658,26 @@ const SETTLE_ATTEMPTS: u32 = 5;
 /// The pause before the first new start; it doubles each time (20, 40, 80,
 /// 160 ms: about 300 ms in all).
 const SETTLE_PAUSE: Duration = Duration::from_millis(20);
-
 /// How long the files of a failed background build must stay unchanged
 /// after it for the failure to count: a renewer writing the certificate,
 /// then the key, is done well within it.
 const QUIET: Duration = Duration::from_millis(50);
+
+/// The files' fingerprint now, if it differs from `before` (the one the
+/// build started from); after [`QUIET`] when the build failed.
+async fn moved(
+    detector: &dyn Detector,
+    failed: bool,
+    before: Option<&Fingerprint>,
+) -> Option<Option<Fingerprint>> {
+    if failed {
+        // A pair written file by file fails to build between the two
+        // writes: a failure counts only once the files have stayed put.
+        Timer::after(QUIET).await;
+    }
+    let now = detector.fingerprint().await.ok();
+    (now.as_ref() != before).then_some(now)
+}
 
 /// A fingerprint, asked again after a pause while it fails: a file missing
 /// for a moment (deleted, then written again) is not yet a failure.
@@ -688,26 +712,7 @@ fn log_detected(paths: &[PathBuf]) {
         tracing::info!(paths = ?shown, "tls materials changed");
     } else {
         tracing::info!(paths = ?shown, more, "tls materials changed");
-    }
-    if more > 0 {
         tracing::debug!(?paths, "tls materials changed: every path");
-    }
-}
-
-/// What [`Shared::apply`] applied.
-pub(crate) struct Applied {
-    ticket: u64,
-    generation: u64,
-    built: Arc<Built>,
-}
-
-impl From<Applied> for Reloaded {
-    fn from(applied: Applied) -> Self {
-        Self {
-            generation: applied.generation,
-            leaf: applied.built.leaf().clone(),
-            resumption: applied.built.resumption(),
-        }
     }
 }
 
@@ -718,25 +723,42 @@ fn retire<T: Send + 'static>(value: T) {
     blocking::unblock(move || drop(value)).detach();
 }
 
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Copied out first: a user detector's `Debug` never runs under the lock.
-        let (materials, source, generation, current) = {
-            let state = self.state();
-            let current = state.current.clone();
-            (
-                state.materials.clone(),
-                state.source.clone(),
-                state.generation,
-                current,
-            )
-        };
-        f.debug_struct("ReloadingAcceptor")
-            .field("materials", &materials)
-            .field("detector", &source)
-            .field("generation", &generation)
-            .field("serial", &current.leaf().serial_hex())
-            .field("interval", &self.settings.interval)
-            .finish_non_exhaustive()
+#[cfg(test)]
+mod tests {
+    use super::Order;
+
+    #[test]
+    fn a_manual_request_outranks_everything_that_began_before_it() {
+        let mut order = Order::default();
+        let background = order.issue(false);
+        let manual = order.issue(true);
+        assert!(order.is_stale(background, false));
+        assert!(!order.is_stale(manual, true));
+        let newer = order.issue(true);
+        assert!(order.is_stale(manual, true));
+        assert!(!order.is_stale(newer, true));
+    }
+
+    #[test]
+    fn a_landed_result_outranks_older_background_builds_only() {
+        let mut order = Order::default();
+        let switch = order.issue(true);
+        let older = order.issue(false);
+        let newer = order.issue(false);
+        order.landed(newer, false);
+        assert!(order.is_stale(older, false));
+        // The switch began before `newer` landed, and still lands.
+        assert!(!order.is_stale(switch, true));
+    }
+
+    #[test]
+    fn a_landed_switch_outranks_every_background_build_begun_before_it() {
+        let mut order = Order::default();
+        let switch = order.issue(true);
+        let of_old_paths = order.issue(false);
+        order.landed(switch, true);
+        assert!(order.is_stale(of_old_paths, false));
+        let of_new_paths = order.issue(false);
+        assert!(!order.is_stale(of_new_paths, false));
     }
 }

@@ -40,7 +40,9 @@ pub enum DetectError {
         /// The offending path.
         path: PathBuf,
     },
-    /// A failure injected by [`TestDetector::fail`](crate::TestDetector::fail).
+    /// A failure injected by [`TestDetector::fail`](crate::TestDetector::fail)
+    /// (feature `test-util`).
+    #[cfg(feature = "test-util")]
     #[error("injected failure: {reason}")]
     Injected {
         /// The reason given by the test.
@@ -56,6 +58,7 @@ impl DetectError {
             | Self::Io { path, .. }
             | Self::TooLarge { path, .. }
             | Self::Unsupported { path } => Some(path),
+            #[cfg(feature = "test-util")]
             Self::Injected { .. } => None,
         }
     }

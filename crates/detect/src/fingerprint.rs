@@ -168,10 +168,11 @@ pub struct Change {
     fingerprint: Fingerprint,
     previous: Option<Fingerprint>,
     paths: Vec<PathBuf>,
+    news: bool,
 }
 
 impl Change {
-    pub(crate) fn new(fingerprint: Fingerprint, previous: Option<Fingerprint>) -> Self {
+    pub(crate) fn new(fingerprint: Fingerprint, previous: Option<Fingerprint>, news: bool) -> Self {
         let paths = match &previous {
             Some(previous) => fingerprint.changed_paths(previous),
             None => fingerprint.paths().map(Path::to_path_buf).collect(),
@@ -180,7 +181,16 @@ impl Change {
             fingerprint,
             previous,
             paths,
+            news,
         }
+    }
+
+    /// Whether this change differs from the last one
+    /// [`Watcher::observe`](crate::Watcher::observe) returned: false for the
+    /// same uncommitted files seen again (a retry after a failure), so a
+    /// caller reports a change once.
+    pub fn is_news(&self) -> bool {
+        self.news
     }
 
     /// The new fingerprint: commit this once the change has been acted on.

@@ -101,6 +101,7 @@ mod error;
 mod fingerprint;
 mod fs;
 mod strategy;
+#[cfg(feature = "test-util")]
 mod testing;
 mod watcher;
 
@@ -111,6 +112,7 @@ pub use fs::{dir_files, read_file, DirFiles};
 pub use strategy::{
     Combined, ContentHash, Metadata, ParseStrategyError, Strategy, DEFAULT_RACY_WINDOW,
 };
+#[cfg(feature = "test-util")]
 pub use testing::TestDetector;
 pub use watcher::{watch, Watch, Watcher};
 
@@ -123,7 +125,8 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
 /// Takes a fingerprint of what it watches.
 ///
 /// Dyn-compatible (`Box<dyn Detector>` works), so tests and users can plug in
-/// their own; see [`TestDetector`]. Implementations do their IO off the
+/// their own (the `test-util` feature has `TestDetector`, driven by
+/// hand). Implementations do their IO off the
 /// async executor (the built-in ones use [`blocking::unblock`]).
 #[async_trait]
 pub trait Detector: Send + Sync + std::fmt::Debug {

@@ -2,7 +2,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 
@@ -31,10 +31,25 @@ use crate::{Change, DetectError, Detector, Fingerprint};
 /// }
 /// # Ok::<_, tls_reload_detect::DetectError>(()) });
 /// ```
+///
+/// # Failures and retries
+///
+/// A caller that acts on changes itself, fingerprint in hand (the
+/// reloading acceptor does), hands each fingerprint to
+/// [`observe`](Watcher::observe), which also says whether the change is
+/// news or the same files seen again. When acting fails it records so with
+/// [`fail`](Watcher::fail): [`failed_since`](Watcher::failed_since) then
+/// tells how long those same files have been known to fail, so a retry can
+/// wait. A fingerprint equal to the committed one (the files came back as
+/// they were) forgets both.
 #[derive(Clone)]
 pub struct Watcher {
     detector: Arc<dyn Detector>,
     committed: Option<Fingerprint>,
+    /// The last change `observe` returned.
+    seen: Option<Fingerprint>,
+    /// The last fingerprint whose handling failed, and when.
+    failed: Option<(Fingerprint, Instant)>,
 }
 
 impl Watcher {
@@ -48,6 +63,17 @@ impl Watcher {
         Self {
             detector,
             committed: None,
+            seen: None,
+            failed: None,
+        }
+    }
+
+    /// A watcher whose committed fingerprint is `committed`: the state
+    /// already acted on (`None`: nothing known, the first check is a change).
+    pub fn with_committed(detector: Arc<dyn Detector>, committed: Option<Fingerprint>) -> Self {
+        Self {
+            committed,
+            ..Self::from_arc(detector)
         }
     }
 
@@ -58,12 +84,52 @@ impl Watcher {
         if self.committed.as_ref() == Some(&current) {
             return Ok(None);
         }
-        Ok(Some(Change::new(current, self.committed.clone())))
+        let news = self.seen.as_ref() != Some(&current);
+        Ok(Some(Change::new(current, self.committed.clone(), news)))
+    }
+
+    /// Compares a fingerprint taken by the caller with the committed one,
+    /// and remembers it as seen: the change, if any, says whether it is
+    /// [news](Change::is_news). A fingerprint equal to the committed one
+    /// forgets what was seen and failed, so the next change is news again.
+    pub fn observe(&mut self, current: Fingerprint) -> Option<Change> {
+        if self.committed.as_ref() == Some(&current) {
+            self.seen = None;
+            self.failed = None;
+            return None;
+        }
+        let news = self.seen.as_ref() != Some(&current);
+        self.seen = Some(current.clone());
+        Some(Change::new(current, self.committed.clone(), news))
     }
 
     /// Records `fingerprint` as the state that has been acted on.
     pub fn commit(&mut self, fingerprint: Fingerprint) {
         self.committed = Some(fingerprint);
+        self.seen = None;
+        self.failed = None;
+    }
+
+    /// Forgets the committed fingerprint (it could not be taken for what is
+    /// now acted on): the next check is a change, whatever it finds.
+    pub fn uncommit(&mut self) {
+        self.committed = None;
+        self.seen = None;
+        self.failed = None;
+    }
+
+    /// Records that acting on `fingerprint` failed, at `at`.
+    pub fn fail(&mut self, fingerprint: Fingerprint, at: Instant) {
+        self.failed = Some((fingerprint, at));
+    }
+
+    /// Since when acting on exactly `fingerprint` has been failing, if the
+    /// last failure recorded is of these files.
+    pub fn failed_since(&self, fingerprint: &Fingerprint) -> Option<Instant> {
+        self.failed
+            .as_ref()
+            .filter(|(failed, _)| failed == fingerprint)
+            .map(|(_, at)| *at)
     }
 
     /// Takes a fingerprint and commits it at once: the baseline for later
@@ -90,7 +156,8 @@ impl fmt::Debug for Watcher {
         f.debug_struct("Watcher")
             .field("detector", &self.detector)
             .field("committed", &self.committed)
-            .finish()
+            .field("failed", &self.failed.as_ref().map(|(_, at)| at))
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +171,7 @@ impl fmt::Debug for Watcher {
 ///
 /// ```no_run
 /// use futures::StreamExt;
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use tls_reload_detect::{watch, Composite, Strategy};
 /// # smol::block_on(async {
 /// let detector = Composite::from_paths(Strategy::Combined, ["tls.crt", "tls.key"]);
@@ -186,5 +253,45 @@ impl Stream for Watch {
 impl fmt::Debug for Watch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Never;
+
+    #[async_trait::async_trait]
+    impl Detector for Never {
+        async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
+            Ok(Fingerprint::of_bytes(b"never asked"))
+        }
+    }
+
+    #[test]
+    fn a_change_is_news_once_and_a_failure_is_of_its_files() {
+        let (a, b) = (Fingerprint::of_bytes(b"a"), Fingerprint::of_bytes(b"b"));
+        let mut watcher = Watcher::with_committed(Arc::new(Never), Some(a.clone()));
+        assert!(watcher.observe(a.clone()).is_none());
+        assert!(watcher.observe(b.clone()).is_some_and(|c| c.is_news()));
+        assert!(watcher.observe(b.clone()).is_some_and(|c| !c.is_news()));
+
+        let at = Instant::now();
+        watcher.fail(b.clone(), at);
+        assert_eq!(watcher.failed_since(&b), Some(at));
+        assert_eq!(watcher.failed_since(&a), None);
+        // Back to the committed files: the failure and the change are forgotten.
+        assert!(watcher.observe(a.clone()).is_none());
+        assert_eq!(watcher.failed_since(&b), None);
+        assert!(watcher.observe(b.clone()).is_some_and(|c| c.is_news()));
+
+        watcher.commit(b.clone());
+        assert!(watcher.observe(b).is_none());
+        watcher.uncommit();
+        assert!(watcher.observe(a).is_some_and(|c| c.is_news()));
     }
 }
