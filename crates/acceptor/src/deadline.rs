@@ -5,11 +5,16 @@
 //! pays for in throughput. Deadlines are instead rounded up to a coarse grain
 //! (a thirty-second of the timeout, at most 250 ms) and every handshake in
 //! the same grain waits on one shared timer: a wake-up per grain.
+//!
+//! The newest timer sits in an `ArcSwapOption`, so starting a deadline takes
+//! no lock: the accept path stays lock-free. Two accepts that open the same
+//! new grain at once may each make a timer; the last one stored is shared
+//! from then on, and the other simply fires for its own handshake.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use async_io::Timer;
 use futures::future::{FutureExt, Shared};
 
@@ -21,8 +26,8 @@ pub(crate) struct Deadlines {
     timeout: Duration,
     grain: Duration,
     origin: Instant,
-    /// Timers by the instant they fire, oldest first.
-    timers: Mutex<VecDeque<(Instant, Deadline)>>,
+    /// The newest timer and the instant it fires.
+    newest: ArcSwapOption<(Instant, Deadline)>,
 }
 
 impl Deadlines {
@@ -31,33 +36,27 @@ impl Deadlines {
             timeout,
             grain: (timeout / 32).clamp(Duration::from_millis(1), Duration::from_millis(250)),
             origin: Instant::now(),
-            timers: Mutex::new(VecDeque::new()),
+            newest: ArcSwapOption::empty(),
         }
     }
 
     /// A timer that fires between `timeout` and `timeout` plus one grain from
     /// now; `None` when that is too far to represent.
     pub(crate) fn start(&self) -> Option<Deadline> {
-        let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-        // Taken under the lock, so instants only grow along the queue.
-        let now = Instant::now();
-        let exact = now.checked_add(self.timeout)?;
+        let exact = Instant::now().checked_add(self.timeout)?;
         let grains = (exact - self.origin)
             .as_nanos()
             .div_ceil(self.grain.as_nanos());
         let when = self
             .origin
             .checked_add(self.grain.checked_mul(u32::try_from(grains).ok()?)?)?;
-        while timers.front().is_some_and(|(at, _)| *at <= now) {
-            timers.pop_front();
-        }
-        if let Some((at, timer)) = timers.back() {
-            if *at == when {
-                return Some(timer.clone());
+        if let Some(newest) = &*self.newest.load() {
+            if newest.0 == when {
+                return Some(newest.1.clone());
             }
         }
         let timer = Timer::at(when).shared();
-        timers.push_back((when, timer.clone()));
+        self.newest.store(Some(Arc::new((when, timer.clone()))));
         Some(timer)
     }
 }
@@ -72,19 +71,19 @@ mod tests {
         let started = Instant::now();
         let first = deadlines.start().expect("a deadline");
         let second = deadlines.start().expect("a deadline");
+        let fired = futures::executor::block_on(first);
+        // The same timer: it fired at the same instant.
         assert_eq!(
-            deadlines.timers.lock().expect("lock").len(),
-            1,
+            futures::executor::block_on(second),
+            fired,
             "one shared timer"
         );
-        let fired = futures::executor::block_on(first);
-        futures::executor::block_on(second);
         let waited = fired.duration_since(started);
         assert!(waited >= Duration::from_millis(320), "{waited:?}");
         assert!(waited < Duration::from_millis(320 + 10 + 500), "{waited:?}");
-        // Expired timers are dropped when the next deadline starts.
-        let _next = deadlines.start().expect("a deadline");
-        assert_eq!(deadlines.timers.lock().expect("lock").len(), 1);
+        // A later grain gets a timer of its own.
+        let next = deadlines.start().expect("a deadline");
+        assert!(futures::executor::block_on(next) > fired);
     }
 
     #[test]
