@@ -34,10 +34,10 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 ///
 /// Shaped like futures-rustls's `TlsAcceptor`: a cheap [`Clone`] handle whose
 /// [`accept`](ReloadingAcceptor::accept) wraps any
-/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each accept first
-/// applies a config that a reload left pending (an atomic load when there is
-/// none), then hands the current `Arc<ServerConfig>` to futures-rustls; open
-/// connections keep the config they started with.
+/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each accept loads
+/// the current `Arc<ServerConfig>` once (an atomic load; no lock) and hands
+/// it to futures-rustls; a reload stores the new config the moment it is
+/// built, so the next accept gets it and open connections keep theirs.
 ///
 /// Reloads come from the [`reloader`](ReloadingAcceptor::reloader), a future
 /// you spawn on any executor, or from

@@ -48,10 +48,18 @@
 //!    config is built on the blocking pool (`tls_reload_build`), which refuses
 //!    anything inconsistent: a key that does not match the certificate, an
 //!    expired certificate, a CA file with no certificate.
-//! 3. A good build is applied: new handshakes use it, open connections keep
-//!    theirs. Only then is the fingerprint committed, so a failed build (the
-//!    certificate written, the key not yet) is retried as soon as anything
-//!    moves, and the last good config keeps serving meanwhile.
+//! 3. If the files moved while they were read (a renewer mid-write, a
+//!    `..data` swap between two reads), the build is dropped, neither applied
+//!    nor a failure, and starts again once they settle.
+//! 4. A good build is applied: stored atomically for the next accept; open
+//!    connections keep their config. Only then is the fingerprint committed,
+//!    so a failed build (the certificate written, the key not yet) is
+//!    retried as soon as anything moves, and the last good config keeps
+//!    serving meanwhile.
+//!
+//! `reload_now`, `set_materials` and `set_template` go through the same
+//! steps; a background build that began before one of them is never applied
+//! after it. The accept path takes no lock and never waits for a build.
 //!
 //! A failure is reported once per cause and set of files, through `tracing`,
 //! [`status`](ReloadingAcceptor::status) and
