@@ -2,17 +2,17 @@
 //! through, failed handshakes are counted and skipped, the concurrency bound
 //! and the handshake timeout hold, and the stream ends when the connections
 //! do. Every test runs on smol and on async-std.
+// `R` is the runtime `on_both_runtimes!` runs a test on, named or not.
+#![allow(clippy::extra_unused_type_parameters)]
 
 mod common;
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use common::*;
-use futures::io::{AsyncRead, AsyncWrite, Cursor};
+use futures::io::Cursor;
 use futures::{FutureExt, StreamExt};
 use tls_reload::acceptor::{ReloadingAcceptor, TestDetector};
 
@@ -21,37 +21,6 @@ on_both_runtimes!(
     incoming_bounds_concurrent_handshakes_and_times_them_out,
     accept_times_out_a_silent_client,
 );
-
-/// A client that connects and never says anything.
-struct Silent;
-
-impl AsyncRead for Silent {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        _: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Pending
-    }
-}
-
-impl AsyncWrite for Silent {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 async fn acceptor(handshake_timeout: Duration) -> Result<(tempfile::TempDir, ReloadingAcceptor)> {
     let dir = tempfile::tempdir()?;
@@ -114,7 +83,7 @@ async fn accept_times_out_a_silent_client<R: Runtime>() -> Result<()> {
     let (_dir, acceptor) = acceptor(HANDSHAKE_TIMEOUT).await?;
     let started = Instant::now();
     let result = timeout(DEADLINE, acceptor.accept(Silent).map(Ok)).await?;
-    let error = result.err().expect("a silent client completed a handshake");
+    let error = result.expect_err("a silent client completed a handshake");
     assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     ensure!(
         started.elapsed() >= HANDSHAKE_TIMEOUT,

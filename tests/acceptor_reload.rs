@@ -218,7 +218,7 @@ async fn events_and_status_follow_a_rotation<R: Runtime>() -> Result<()> {
 
     // 2040-01-01T00:00:00Z
     let not_after = UNIX_EPOCH + Duration::from_secs(2_208_988_800);
-    let next = f.ca.leaf_with(0x2002, rcgen_key_copy(&f.first), |params| {
+    let next = f.ca.leaf_with(0x2002, f.first.key_copy(), |params| {
         params.not_after = rcgen::date_time_ymd(2040, 1, 1);
     });
     let before = SystemTime::now();
@@ -278,8 +278,4 @@ async fn events_and_status_follow_a_rotation<R: Runtime>() -> Result<()> {
     );
     assert!(status.last_error_at.expect("when") <= status.applied_at);
     Ok(())
-}
-
-fn rcgen_key_copy(leaf: &Leaf) -> rcgen::KeyPair {
-    rcgen::KeyPair::from_pem(&leaf.key_pem()).expect("key copy")
 }

@@ -17,7 +17,7 @@ async fn a_not_yet_valid_certificate_is_served_once_valid_without_a_file_change<
     // Valid from two seconds from now (certificate times have whole seconds).
     let valid_from = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     // Same key, so only the certificate file changes.
-    let key = rcgen::KeyPair::from_pem(&f.first.key_pem())?;
+    let key = f.first.key_copy();
     let future = f.ca.leaf_with(0x1777, key, |params| {
         params.not_before = valid_from;
     });

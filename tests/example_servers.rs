@@ -2,17 +2,15 @@
 //! other tools: these tests run the real binaries (smol and async-std) and
 //! talk to them over loopback.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{client_config, fetch_serial, write_atomic, write_pair, Ca, Leaf, DEADLINE};
 use tls_reload::acceptor::Materials;
+use tls_reload_testkit::{
+    client_config, fetch_serial, run_within, write_atomic, write_pair, Ca, Leaf, Process, DEADLINE,
+};
 
 const SERVERS: [&str; 2] = ["smol_server", "async_std_server"];
 
@@ -35,112 +33,55 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-/// A running example server and its stdout, line by line.
+/// A running example server, its stdout read line by line.
 struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    process: Process,
     addr: SocketAddr,
 }
 
 impl Server {
     fn start(name: &str, args: &[&str]) -> Self {
         let listen = [args, &["--listen", "127.0.0.1:0"]].concat();
-        let mut server = Self::spawn(name, &listen);
-        let line = server.expect_line("listening on ");
-        server.addr = line["listening on ".len()..]
+        let process = spawn(name, &listen);
+        let line = process.expect_line("listening on ");
+        let addr: SocketAddr = line["listening on ".len()..]
             .parse()
             .unwrap_or_else(|e| panic!("{name}: bad listening line {line:?}: {e}"));
-        assert_ne!(server.addr.port(), 0, "the real port is printed");
-        server
-    }
-
-    /// Starts any example with these arguments, reading its stdout.
-    fn spawn(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(example(name))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the example");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }
-    }
-
-    /// The next stdout line starting with `prefix`, skipping others, within
-    /// the deadline.
-    fn expect_line(&mut self, prefix: &str) -> String {
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line starting with {prefix:?} within {DEADLINE:?}; saw {:?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// Lines printed so far without waiting.
-    fn drain(&mut self) -> Vec<String> {
-        let fresh: Vec<String> = self.lines.try_iter().collect();
-        self.seen.extend(fresh.iter().cloned());
-        fresh
+        assert_ne!(addr.port(), 0, "the real port is printed");
+        Self { process, addr }
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Server {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
+}
+
+/// Starts any example with these arguments, reading its stdout.
+fn spawn(name: &str, args: &[&str]) -> Process {
+    Process::spawn(
+        Command::new(example(name))
+            .args(args)
+            .env("RUST_LOG", "warn"),
+    )
 }
 
 fn run_to_exit(name: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(example(name))
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the server");
-    let end = Instant::now() + DEADLINE;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("{name} {args:?} did not exit within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
+    run_within(
+        Command::new(example(name))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"]),
+        DEADLINE,
+    )
 }
 
 /// Writes `leaf` over the pair (key first, then certificate) and expects
 /// the server's first applied reload to serve it as generation 2.
 fn rotate_expecting_generation_2(
-    server: &mut Server,
+    server: &Server,
     materials: &Materials,
     leaf: &Leaf,
     context: &str,
@@ -167,8 +108,7 @@ fn rotation_prints_applied_and_failed_lines_and_serves_the_new_certificate() {
         let (first, second) = (ca.leaf(0x1101), ca.leaf(0x1202));
         let materials = write_pair(dir.path(), &first);
         let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
-        let mut server =
-            Server::start(name, &["--cert", cert, "--key", key, "--interval-ms", "20"]);
+        let server = Server::start(name, &["--cert", cert, "--key", key, "--interval-ms", "20"]);
         let config = client_config(&ca, None);
 
         let served = smol::block_on(fetch_serial(server.addr, &config)).expect("first handshake");
@@ -176,11 +116,11 @@ fn rotation_prints_applied_and_failed_lines_and_serves_the_new_certificate() {
         assert!(
             server.drain().is_empty(),
             "{name}: the start-up load prints nothing: {:?}",
-            server.seen
+            server.seen()
         );
 
         // Key first, then the certificate: the reloader may see a mismatch in between.
-        rotate_expecting_generation_2(&mut server, &materials, &second, name);
+        rotate_expecting_generation_2(&server, &materials, &second, name);
         let served =
             smol::block_on(fetch_serial(server.addr, &config)).expect("handshake after rotation");
         assert_eq!(served, second.serial_hex(), "{name}");
@@ -347,7 +287,7 @@ fn the_detector_flag_decides_whether_a_touch_is_a_change() {
         let (first, second) = (ca.leaf(0x1601), ca.leaf(0x1602));
         let materials = write_pair(dir.path(), &first);
         let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
-        let mut server = Server::start(
+        let server = Server::start(
             name,
             &[
                 "--cert",
@@ -378,7 +318,7 @@ fn the_detector_flag_decides_whether_a_touch_is_a_change() {
         std::thread::sleep(Duration::from_millis(200));
         let context =
             format!("{name} --detector {detector}: the touch must not have applied a reload");
-        rotate_expecting_generation_2(&mut server, &materials, &second, &context);
+        rotate_expecting_generation_2(&server, &materials, &second, &context);
     }
 }
 
@@ -435,7 +375,7 @@ fn watch_files_prints_a_line_per_change_and_per_error() {
     std::fs::create_dir(&cas).expect("mkdir");
     std::fs::write(&file, "one").expect("write");
     std::fs::write(cas.join("a.pem"), "a").expect("write");
-    let mut watch = Server::spawn(
+    let watch = spawn(
         "watch_files",
         &["--interval-ms", "20", path_str(&file), path_str(&cas)],
     );
@@ -465,11 +405,11 @@ fn watch_files_prints_a_line_per_change_and_per_error() {
     );
     assert!(
         !watch
-            .seen
+            .seen()
             .iter()
             .any(|line| line.starts_with("error: ") && line != &error),
         "one error line for the missing file: {:?}",
-        watch.seen
+        watch.seen()
     );
 
     for args in [

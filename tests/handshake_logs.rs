@@ -9,13 +9,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
-use common::{provider, timeout, wait_until, write_pair, Ca, DEADLINE};
+use common::{provider, timeout, wait_until, write_pair, Ca, Captured, DEADLINE};
 use futures::future::{self, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{Future, StreamExt};
@@ -25,21 +24,16 @@ use smol::Async;
 use tls_reload::acceptor::{LogLimit, ReloadingAcceptor, Template};
 use tracing::subscriber::DefaultGuard;
 
-/// Every event of this thread, formatted as the example servers do.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// What these tests read from captured logs.
+trait CapturedExt: Sized {
+    /// Captures every event of this thread, formatted as the example
+    /// servers do, until the guard is dropped.
+    fn start() -> (Self, DefaultGuard);
+    fn failure_warnings(&self) -> Vec<String>;
+    fn summaries(&self) -> Vec<u64>;
 }
 
-impl Captured {
+impl CapturedExt for Captured {
     fn start() -> (Self, DefaultGuard) {
         let captured = Self::default();
         let writer = captured.clone();
@@ -49,14 +43,6 @@ impl Captured {
             .with_writer(move || writer.clone())
             .finish();
         (captured, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().expect("lock").clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()
     }
 
     /// The `warn` lines about one failed handshake each.

@@ -3,26 +3,10 @@
 //! across a good start, a refused key, keys mangled every usual way (at
 //! reload and at start-up), a failed manual reload and a good rotation.
 
-mod common;
+use std::sync::Arc;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use common::{write_atomic, write_pair, Ca};
 use tls_reload::acceptor::{ReloadingAcceptor, Template};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use tls_reload_testkit::{write_atomic, write_pair, Ca, Captured};
 
 /// The base64 lines of a PEM body, long enough not to appear by chance.
 fn secret_lines(pem: &str) -> Vec<String> {
@@ -124,7 +108,7 @@ fn no_private_key_bytes_in_logs_or_debug_output() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone())?;
+    let logs = String::from_utf8(captured.bytes())?;
     assert!(
         logs.contains("key does not match certificate"),
         "the failures were logged: {logs}"
