@@ -4,8 +4,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{template, write, Ca, Fixture};
+use common::{template, Fixture};
 use tls_reload_build::{build_blocking, Built, ClientAuth, Materials, Resumption, Template};
+use tls_reload_testkit::{write_new, Ca};
 
 fn build(materials: &Materials, template: &Template, previous: Option<&Built>) -> Built {
     build_blocking(materials, template, previous).expect("build")
@@ -15,7 +16,7 @@ fn build(materials: &Materials, template: &Template, previous: Option<&Built>) -
 fn bundle_trusts_every_root_not_just_the_first() {
     let s = Fixture::new();
     let (first, second, stranger) = (Ca::new("first"), Ca::new("second"), Ca::new("stranger"));
-    let bundle = write(s.dir.path(), "ca.pem", first.pem() + &second.pem());
+    let bundle = write_new(s.dir.path(), "ca.pem", first.pem() + &second.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca(&bundle);
     let built = build(&materials, &template(), None);
 
@@ -30,7 +31,7 @@ fn bundle_trusts_every_root_not_just_the_first() {
 fn optional_client_auth_admits_anonymous_but_not_strangers() {
     let s = Fixture::new();
     let ca = Ca::new("clients");
-    let bundle = write(s.dir.path(), "ca.pem", ca.pem());
+    let bundle = write_new(s.dir.path(), "ca.pem", ca.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca(&bundle);
     let built = build(
         &materials,
@@ -58,7 +59,7 @@ fn bundle_with_some_unusable_certificates_keeps_the_good_ones() {
     let s = Fixture::new();
     let ca = Ca::new("clients");
     let junk = "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n";
-    let bundle = write(s.dir.path(), "ca.pem", junk.to_owned() + &ca.pem());
+    let bundle = write_new(s.dir.path(), "ca.pem", junk.to_owned() + &ca.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca(&bundle);
     let built = build(&materials, &template(), None);
     assert!(s.admits(built.config(), Some(&ca)));
@@ -75,7 +76,7 @@ fn ca_directory_follows_added_and_rewritten_files() {
     let s = Fixture::new();
     let (a, b, c) = (Ca::new("a"), Ca::new("b"), Ca::new("c"));
     let cas = ca_dir(s.dir.path());
-    let a_file = write(&cas, "a.pem", a.pem());
+    let a_file = write_new(&cas, "a.pem", a.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca_dir(&cas);
 
     let first = build(&materials, &template(), None);
@@ -83,7 +84,7 @@ fn ca_directory_follows_added_and_rewritten_files() {
     assert!(!s.admits(first.config(), Some(&b)));
 
     // Adding a file trusts its CA.
-    let b_file = write(&cas, "b.pem", b.pem());
+    let b_file = write_new(&cas, "b.pem", b.pem());
     let second = build(&materials, &template(), Some(&first));
     assert!(s.admits(second.config(), Some(&a)));
     assert!(s.admits(second.config(), Some(&b)));
@@ -94,7 +95,7 @@ fn ca_directory_follows_added_and_rewritten_files() {
     );
 
     // Rewriting a file in place replaces its CA.
-    write(&cas, "a.pem", c.pem());
+    write_new(&cas, "a.pem", c.pem());
     let third = build(&materials, &template(), Some(&second));
     assert!(!s.admits(third.config(), Some(&a)));
     assert!(s.admits(third.config(), Some(&c)));
@@ -110,10 +111,10 @@ fn ca_directory_skips_hidden_files_and_subdirectories_and_follows_symlinks() {
     let s = Fixture::new();
     let (hidden, nested, linked) = (Ca::new("hidden"), Ca::new("nested"), Ca::new("linked"));
     let cas = ca_dir(s.dir.path());
-    write(&cas, ".hidden.pem", hidden.pem());
+    write_new(&cas, ".hidden.pem", hidden.pem());
     std::fs::create_dir(cas.join("sub")).expect("mkdir");
-    write(&cas.join("sub"), "nested.pem", nested.pem());
-    let target = write(s.dir.path(), "linked.pem", linked.pem());
+    write_new(&cas.join("sub"), "nested.pem", nested.pem());
+    let target = write_new(s.dir.path(), "linked.pem", linked.pem());
     std::os::unix::fs::symlink(&target, cas.join("linked.pem")).expect("symlink");
 
     let materials = Materials::new(&s.cert, &s.key).with_client_ca_dir(&cas);
@@ -128,9 +129,9 @@ fn ca_directory_skips_hidden_files_and_subdirectories_and_follows_symlinks() {
 fn ca_file_and_directory_together() {
     let s = Fixture::new();
     let (in_file, in_dir) = (Ca::new("file"), Ca::new("dir"));
-    let bundle = write(s.dir.path(), "ca.pem", in_file.pem());
+    let bundle = write_new(s.dir.path(), "ca.pem", in_file.pem());
     let cas = ca_dir(s.dir.path());
-    write(&cas, "dir.pem", in_dir.pem());
+    write_new(&cas, "dir.pem", in_dir.pem());
     let materials = Materials::new(&s.cert, &s.key)
         .with_client_ca(&bundle)
         .with_client_ca_dir(&cas);
@@ -144,7 +145,7 @@ fn fails_closed_when_the_trust_cannot_be_built() {
     // Each broken trust is an error: never a config that skips client verification.
     let s = Fixture::new();
     let cas = ca_dir(s.dir.path());
-    let unusable = write(
+    let unusable = write_new(
         s.dir.path(),
         "ca.pem",
         "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n",
@@ -170,12 +171,12 @@ fn an_unusable_ca_added_next_to_unchanged_ones_is_still_refused() {
     let s = Fixture::new();
     let a = Ca::new("a");
     let cas = ca_dir(s.dir.path());
-    write(&cas, "a.pem", a.pem());
+    write_new(&cas, "a.pem", a.pem());
     let materials = Materials::new(&s.cert, &s.key).with_client_ca_dir(&cas);
     let first = build(&materials, &template(), None);
 
     let junk = "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n";
-    let bad = write(&cas, "b.pem", junk);
+    let bad = write_new(&cas, "b.pem", junk);
     let err = build_blocking(&materials, &template(), Some(&first)).expect_err("refused");
     assert!(
         matches!(err, tls_reload_build::BuildError::NoUsableCa { .. }),

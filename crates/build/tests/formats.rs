@@ -5,21 +5,22 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{client_config, handshake, openssl, template, write, write_leaf, Ca};
+use common::{handshake, template};
 use rcgen::{KeyPair, SerialNumber};
 use sha2::{Digest, Sha256};
 use tls_reload_build::{build, build_blocking, BuildError, Built, Materials, Resumption};
+use tls_reload_testkit::{leaf_params, openssl, resuming_client_config, write_leaf, write_new, Ca};
 
 #[test]
 fn pkcs8_ecdsa_p256_serves_a_handshake() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("root");
-    let (cert, key) = write_leaf(dir.path(), "tls", &ca.leaf());
+    let (cert, key) = write_leaf(dir.path(), "tls", &ca.localhost_leaf());
     assert!(std::fs::read_to_string(&key)
         .expect("read")
         .contains("BEGIN PRIVATE KEY"));
     let built = build_blocking(&Materials::new(&cert, &key), &template(), None).expect("build");
-    handshake(built.config(), &client_config(&ca, None)).expect("handshake");
+    handshake(built.config(), &resuming_client_config(&ca, None)).expect("handshake");
 }
 
 #[test]
@@ -27,10 +28,10 @@ fn pkcs8_ed25519_serves_a_handshake() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("root");
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
-    let leaf = ca.leaf_with(key, common::leaf_params());
+    let leaf = ca.sign(leaf_params(), key);
     let (cert, key) = write_leaf(dir.path(), "tls", &leaf);
     let built = build_blocking(&Materials::new(&cert, &key), &template(), None).expect("build");
-    handshake(built.config(), &client_config(&ca, None)).expect("handshake");
+    handshake(built.config(), &resuming_client_config(&ca, None)).expect("handshake");
 }
 
 /// Generates a self-signed certificate for `key` with openssl.
@@ -120,28 +121,28 @@ fn chain_with_an_intermediate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = Ca::new("root");
     let intermediate = root.intermediate("intermediate");
-    let leaf = intermediate.leaf();
-    let cert = write(
+    let leaf = intermediate.localhost_leaf();
+    let cert = write_new(
         dir.path(),
         "chain.crt",
         leaf.cert.pem() + &intermediate.pem(),
     );
-    let key = write(dir.path(), "tls.key", leaf.key_pem());
+    let key = write_new(dir.path(), "tls.key", leaf.key_pem());
     let built = build_blocking(&Materials::new(&cert, &key), &template(), None).expect("build");
     // The client knows only the root: the intermediate must be served.
-    handshake(built.config(), &client_config(&root, None)).expect("handshake");
+    handshake(built.config(), &resuming_client_config(&root, None)).expect("handshake");
 
-    let leaf_only = write(dir.path(), "leaf.crt", leaf.cert.pem());
+    let leaf_only = write_new(dir.path(), "leaf.crt", leaf.cert.pem());
     let built =
         build_blocking(&Materials::new(&leaf_only, &key), &template(), None).expect("build");
-    handshake(built.config(), &client_config(&root, None)).expect_err("no intermediate");
+    handshake(built.config(), &resuming_client_config(&root, None)).expect_err("no intermediate");
 }
 
 #[test]
 fn cert_and_key_in_one_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let leaf = Ca::new("root").leaf();
-    let both = write(dir.path(), "tls.pem", leaf.cert.pem() + &leaf.key_pem());
+    let leaf = Ca::new("root").localhost_leaf();
+    let both = write_new(dir.path(), "tls.pem", leaf.cert.pem() + &leaf.key_pem());
     build_blocking(&Materials::new(&both, &both), &template(), None).expect("build");
 }
 
@@ -149,10 +150,10 @@ fn cert_and_key_in_one_file() {
 fn leaf_info_matches_openssl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("root");
-    let mut params = common::leaf_params();
+    let mut params = leaf_params();
     // High bit set: DER adds a leading zero that must not show.
     params.serial_number = Some(SerialNumber::from(vec![0x8a, 0x00, 0x01]));
-    let leaf = ca.leaf_with(KeyPair::generate().expect("key"), params);
+    let leaf = ca.sign(params, KeyPair::generate().expect("key"));
     let (cert, key) = write_leaf(dir.path(), "tls", &leaf);
 
     let built = build_blocking(&Materials::new(&cert, &key), &template(), None).expect("build");
@@ -198,7 +199,7 @@ fn leaf_info_matches_openssl() {
 #[test]
 fn debug_output_holds_no_key_material() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let leaf = Ca::new("root").leaf();
+    let leaf = Ca::new("root").localhost_leaf();
     let (cert, key) = write_leaf(dir.path(), "tls", &leaf);
     let template = template().configure(|_| {});
     let built = build_blocking(&Materials::new(&cert, &key), &template, None).expect("build");
@@ -214,7 +215,7 @@ fn debug_output_holds_no_key_material() {
 fn async_build_runs_on_the_blocking_pool() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("root");
-    let (cert, key) = write_leaf(dir.path(), "tls", &ca.leaf());
+    let (cert, key) = write_leaf(dir.path(), "tls", &ca.localhost_leaf());
     let materials = Materials::new(&cert, &key);
     let template = template().alpn_protocols(vec![b"h2".to_vec()]);
     let built = smol::block_on(build(&materials, &template, None)).expect("build");
@@ -232,7 +233,7 @@ fn async_build_runs_on_the_blocking_pool() {
 #[test]
 fn configure_has_the_last_word() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = write_leaf(dir.path(), "tls", &Ca::new("root").leaf());
+    let (cert, key) = write_leaf(dir.path(), "tls", &Ca::new("root").localhost_leaf());
     let template = template()
         .alpn_protocols(vec![b"h2".to_vec()])
         .configure(|c| c.alpn_protocols.push(b"http/1.1".to_vec()))

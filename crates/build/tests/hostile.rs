@@ -4,12 +4,13 @@
 
 mod common;
 
-use common::{ca_params, client_config, handshake, template, write, Ca, Fixture};
+use common::{handshake, template, Fixture};
 use rcgen::KeyPair;
 use tls_reload_build::{
     build_blocking, build_from_bytes, BuildError, CertProblem, Label, MaterialBytes, Materials,
     PemProblem,
 };
+use tls_reload_testkit::{ca_params, resuming_client_config, write_new, Ca};
 
 /// The base64 of a PEM body, cut in windows long enough not to appear by
 /// chance: none of them may appear in an error.
@@ -102,7 +103,7 @@ fn malformed_keys_of_every_shape_are_refused_without_their_bytes() {
         ),
     ];
     for (shape, text, problem, line) in shapes {
-        let path = write(f.dir.path(), "bad.key", &text);
+        let path = write_new(f.dir.path(), "bad.key", &text);
         let err =
             build_blocking(&Materials::new(&f.cert, &path), &template(), None).expect_err(shape);
         match &err {
@@ -120,7 +121,7 @@ fn malformed_keys_of_every_shape_are_refused_without_their_bytes() {
     }
 
     // A key under the wrong label is not a key: say what the file holds.
-    let wrong = write(
+    let wrong = write_new(
         f.dir.path(),
         "wrong.key",
         key_pem.replace("PRIVATE KEY", "CERTIFICATE"),
@@ -132,7 +133,7 @@ fn malformed_keys_of_every_shape_are_refused_without_their_bytes() {
     assert_no_bytes_of(&err, &key_pem);
 
     // An unknown label is named as such, never by its text.
-    let odd = write(
+    let odd = write_new(
         f.dir.path(),
         "odd.key",
         key_pem.replace("PRIVATE KEY", "SECRET STUFF"),
@@ -143,7 +144,7 @@ fn malformed_keys_of_every_shape_are_refused_without_their_bytes() {
     assert!(!err.to_string().contains("SECRET"), "{err}");
 
     // A key whose DER is garbage reaches the provider, which refuses it.
-    let garbage = write(
+    let garbage = write_new(
         f.dir.path(),
         "garbage.key",
         format!(
@@ -160,7 +161,7 @@ fn malformed_keys_of_every_shape_are_refused_without_their_bytes() {
 fn encrypted_keys_are_named_as_such() {
     let f = Fixture::new();
     let key_pem = std::fs::read_to_string(&f.key).expect("key");
-    let encrypted = write(
+    let encrypted = write_new(
         f.dir.path(),
         "enc.key",
         key_pem.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY"),
@@ -209,13 +210,13 @@ fn pem_of(der: &[u8]) -> String {
 fn a_chain_with_a_broken_intermediate_is_refused_naming_its_position() {
     let f = Fixture::new();
     let intermediate = f.ca.intermediate("intermediate");
-    let leaf = intermediate.leaf();
-    let key = write(f.dir.path(), "chain.key", leaf.key_pem());
+    let leaf = intermediate.localhost_leaf();
+    let key = write_new(f.dir.path(), "chain.key", leaf.key_pem());
     let good_chain = format!("{}{}{}", leaf.cert.pem(), intermediate.pem(), f.ca.pem());
-    let cert = write(f.dir.path(), "chain.crt", &good_chain);
+    let cert = write_new(f.dir.path(), "chain.crt", &good_chain);
     let built =
         build_blocking(&Materials::new(&cert, &key), &template(), None).expect("good chain");
-    let client = client_config(&f.ca, None);
+    let client = resuming_client_config(&f.ca, None);
     handshake(built.config(), &client).expect("the good chain serves");
 
     let cases = [
@@ -242,7 +243,7 @@ fn a_chain_with_a_broken_intermediate_is_refused_naming_its_position() {
     let leaf_lines = leaf.cert.pem().lines().count();
     for (what, broken, problem) in cases {
         let chain = format!("{}{}{}", leaf.cert.pem(), broken, f.ca.pem());
-        let cert = write(f.dir.path(), "chain.crt", &chain);
+        let cert = write_new(f.dir.path(), "chain.crt", &chain);
         let err = build_blocking(&Materials::new(&cert, &key), &template(), None).expect_err(what);
         match &err {
             BuildError::BadCertificate {
@@ -284,7 +285,7 @@ fn five_thousand_client_cas_leave_out_the_ca_names_and_handshakes_work() {
         ca_params(&name(4_321)),
         KeyPair::from_pem(&key_pem).expect("key"),
     );
-    let client_leaf = issuing.leaf();
+    let client_leaf = issuing.localhost_leaf();
 
     let cert = std::fs::read(&f.cert).expect("cert");
     let key = std::fs::read(&f.key).expect("key");
@@ -292,9 +293,9 @@ fn five_thousand_client_cas_leave_out_the_ca_names_and_handshakes_work() {
         .with_client_ca("many.pem", bundle);
     let built = build_from_bytes(&many, &template(), None).expect("5,000 CAs build");
     assert!(!built.sends_ca_names());
-    let client = client_config(&f.ca, Some(&client_leaf));
+    let client = resuming_client_config(&f.ca, Some(&client_leaf));
     handshake(built.config(), &client).expect("mTLS with 5,000 CAs");
-    let stranger = client_config(&f.ca, Some(&Ca::new("stranger").leaf()));
+    let stranger = resuming_client_config(&f.ca, Some(&Ca::new("stranger").localhost_leaf()));
     assert!(
         handshake(built.config(), &stranger).is_err(),
         "still fails closed"

@@ -4,8 +4,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{template, write, write_leaf, Fixture};
+use common::{template, Fixture};
 use tls_reload_build::{build_blocking, BuildError, Materials, Template};
+use tls_reload_testkit::{write_leaf, write_new};
 
 const JUNK_CERT: &str = "-----BEGIN CERTIFICATE-----\nAAECAwQ=\n-----END CERTIFICATE-----\n";
 const JUNK_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAECAwQ=\n-----END PRIVATE KEY-----\n";
@@ -93,7 +94,7 @@ fn a_device_or_a_fifo_is_refused_without_being_read() {
 #[test]
 fn junk_that_is_not_pem() {
     let f = Fixture::new();
-    let junk = write(f.dir.path(), "junk.crt", "hello, world\n");
+    let junk = write_new(f.dir.path(), "junk.crt", "hello, world\n");
     let err = refuse(&Materials::new(&junk, &f.key), &template());
     assert!(matches!(err, BuildError::NotPem { .. }), "{err:?}");
     assert_names(&err, &junk);
@@ -102,7 +103,7 @@ fn junk_that_is_not_pem() {
 #[test]
 fn malformed_pem() {
     let f = Fixture::new();
-    let broken = write(
+    let broken = write_new(
         f.dir.path(),
         "broken.key",
         "-----BEGIN PRIVATE KEY-----\nAAECAwQ=\n",
@@ -115,7 +116,7 @@ fn malformed_pem() {
 #[test]
 fn no_certificate_in_cert_file() {
     let f = Fixture::new();
-    let key_only = write(
+    let key_only = write_new(
         f.dir.path(),
         "keyonly.crt",
         std::fs::read(&f.key).expect("read"),
@@ -136,7 +137,7 @@ fn no_private_key_in_key_file() {
 #[test]
 fn unusable_private_key() {
     let f = Fixture::new();
-    let junk = write(f.dir.path(), "junk.key", JUNK_KEY);
+    let junk = write_new(f.dir.path(), "junk.key", JUNK_KEY);
     let err = refuse(&Materials::new(&f.cert, &junk), &template());
     assert!(matches!(err, BuildError::BadPrivateKey { .. }), "{err:?}");
     assert_names(&err, &junk);
@@ -145,7 +146,7 @@ fn unusable_private_key() {
 #[test]
 fn leaf_that_is_not_x509() {
     let f = Fixture::new();
-    let junk = write(f.dir.path(), "junk.crt", JUNK_CERT);
+    let junk = write_new(f.dir.path(), "junk.crt", JUNK_CERT);
     let err = refuse(&Materials::new(&junk, &f.key), &template());
     assert!(matches!(err, BuildError::BadCertificate { .. }), "{err:?}");
     assert_names(&err, &junk);
@@ -154,7 +155,7 @@ fn leaf_that_is_not_x509() {
 #[test]
 fn key_does_not_match_certificate() {
     let f = Fixture::new();
-    let (_, other_key) = write_leaf(f.dir.path(), "other", &f.ca.leaf());
+    let (_, other_key) = write_leaf(f.dir.path(), "other", &f.ca.localhost_leaf());
     let err = refuse(&Materials::new(&f.cert, &other_key), &template());
     assert!(matches!(err, BuildError::KeyMismatch { .. }), "{err:?}");
     assert_names(&err, &other_key);
@@ -212,7 +213,7 @@ fn certificate_not_yet_valid() {
 fn ca_bundle_without_usable_certificate() {
     let f = Fixture::new();
     for (name, contents, found) in [("junk-ca.pem", JUNK_CERT, 1), ("key-ca.pem", JUNK_KEY, 0)] {
-        let ca = write(f.dir.path(), name, contents);
+        let ca = write_new(f.dir.path(), name, contents);
         let err = refuse(
             &Materials::new(&f.cert, &f.key).with_client_ca(&ca),
             &template(),
@@ -228,7 +229,7 @@ fn ca_bundle_without_usable_certificate() {
 #[test]
 fn ca_bundle_that_is_not_pem() {
     let f = Fixture::new();
-    let ca = write(f.dir.path(), "ca.der", f.ca.der());
+    let ca = write_new(f.dir.path(), "ca.der", f.ca.der());
     let err = refuse(
         &Materials::new(&f.cert, &f.key).with_client_ca(&ca),
         &template(),
@@ -242,7 +243,7 @@ fn empty_ca_directory() {
     let f = Fixture::new();
     let cas = f.dir.path().join("cas");
     std::fs::create_dir_all(cas.join("subdir")).expect("mkdir");
-    write(&cas, ".hidden.pem", f.ca.pem());
+    write_new(&cas, ".hidden.pem", f.ca.pem());
     let err = refuse(
         &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
         &template(),
@@ -268,8 +269,8 @@ fn ca_directory_file_that_does_not_parse_is_named() {
     let f = Fixture::new();
     let cas = f.dir.path().join("cas");
     std::fs::create_dir(&cas).expect("mkdir");
-    write(&cas, "a.pem", f.ca.pem());
-    let junk = write(&cas, "b.txt", "not a certificate\n");
+    write_new(&cas, "a.pem", f.ca.pem());
+    let junk = write_new(&cas, "b.txt", "not a certificate\n");
     let err = refuse(
         &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
         &template(),
@@ -277,7 +278,7 @@ fn ca_directory_file_that_does_not_parse_is_named() {
     assert!(matches!(err, BuildError::NotPem { .. }), "{err:?}");
     assert_names(&err, &junk);
 
-    let no_cert = write(&cas, "b.txt", JUNK_KEY);
+    let no_cert = write_new(&cas, "b.txt", JUNK_KEY);
     let err = refuse(
         &Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas),
         &template(),
@@ -293,7 +294,7 @@ fn dangling_symlink_in_ca_directory_is_skipped_like_the_detector_does() {
     let f = Fixture::new();
     let cas = f.dir.path().join("cas");
     std::fs::create_dir(&cas).expect("mkdir");
-    let good = write(&cas, "a.pem", f.ca.pem());
+    let good = write_new(&cas, "a.pem", f.ca.pem());
     let link = cas.join("b.pem");
     std::os::unix::fs::symlink(f.dir.path().join("gone.pem"), &link).expect("symlink");
     let materials = Materials::new(&f.cert, &f.key).with_client_ca_dir(&cas);

@@ -3,16 +3,17 @@
 
 mod common;
 
-use common::{assert_handshakes, client_config, template, write, write_leaf, Ca};
+use common::{assert_handshakes, template};
 use rustls::HandshakeKind;
 use tls_reload_build::{build_blocking, ClientAuth, Materials, Resumption, Template};
+use tls_reload_testkit::{resuming_client_config, write_leaf, write_new, Ca};
 
 fn rotation_keeps_resumption(template: Template) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("root");
-    let (cert, key) = write_leaf(dir.path(), "tls", &ca.leaf());
+    let (cert, key) = write_leaf(dir.path(), "tls", &ca.localhost_leaf());
     let materials = Materials::new(&cert, &key);
-    let client = client_config(&ca, None);
+    let client = resuming_client_config(&ca, None);
 
     let first = build_blocking(&materials, &template, None).expect("build");
     assert_eq!(first.resumption(), Resumption::Fresh);
@@ -23,7 +24,7 @@ fn rotation_keeps_resumption(template: Template) {
     );
 
     // A new certificate and key, same trust.
-    write_leaf(dir.path(), "tls", &ca.leaf());
+    write_leaf(dir.path(), "tls", &ca.localhost_leaf());
     let second = build_blocking(&materials, &template, Some(&first)).expect("build");
     assert_ne!(second.leaf().sha256, first.leaf().sha256);
     assert_eq!(second.resumption(), Resumption::Kept);
@@ -52,7 +53,7 @@ fn kept_across_a_cert_only_rebuild_over_tls12() {
 #[test]
 fn session_tickets_use_a_ticketer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = write_leaf(dir.path(), "tls", &Ca::new("root").leaf());
+    let (cert, key) = write_leaf(dir.path(), "tls", &Ca::new("root").localhost_leaf());
     let materials = Materials::new(&cert, &key);
     let off = build_blocking(&materials, &template(), None).expect("build");
     assert!(!off.config().ticketer.enabled());
@@ -66,11 +67,11 @@ fn session_tickets_use_a_ticketer() {
 fn dropped_across_a_trust_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server_ca = Ca::new("server root");
-    let (cert, key) = write_leaf(dir.path(), "tls", &server_ca.leaf());
+    let (cert, key) = write_leaf(dir.path(), "tls", &server_ca.localhost_leaf());
     let (old_clients, new_clients) = (Ca::new("old clients"), Ca::new("new clients"));
-    let bundle = write(dir.path(), "ca.pem", old_clients.pem());
+    let bundle = write_new(dir.path(), "ca.pem", old_clients.pem());
     let materials = Materials::new(&cert, &key).with_client_ca(&bundle);
-    let client = client_config(&server_ca, Some(&old_clients.leaf()));
+    let client = resuming_client_config(&server_ca, Some(&old_clients.localhost_leaf()));
 
     let first = build_blocking(&materials, &template(), None).expect("build");
     assert_handshakes(
@@ -85,7 +86,7 @@ fn dropped_across_a_trust_change() {
     assert_handshakes(same.config(), &client, &[HandshakeKind::Resumed]);
 
     // A new root appended: the old sessions must not resume.
-    write(dir.path(), "ca.pem", old_clients.pem() + &new_clients.pem());
+    write_new(dir.path(), "ca.pem", old_clients.pem() + &new_clients.pem());
     let widened = build_blocking(&materials, &template(), Some(&same)).expect("build");
     assert_handshakes(widened.config(), &client, &[HandshakeKind::Full]);
     assert_eq!(widened.resumption(), Resumption::Fresh);
@@ -106,7 +107,7 @@ fn dropped_across_a_trust_change() {
 fn async_build_keeps_resumption_from_an_arc() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("root");
-    let (cert, key) = write_leaf(dir.path(), "tls", &ca.leaf());
+    let (cert, key) = write_leaf(dir.path(), "tls", &ca.localhost_leaf());
     let materials = Materials::new(&cert, &key);
     let template = template();
     smol::block_on(async {
