@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{echo_backend, http, run_to_end, Ca, Files, Proxy};
+use common::{echo_backend, http, run_to_end, Files, Proxy};
+use tls_reload_testkit::Ca;
 
 /// The base64 of the key, cut in windows long enough not to appear by
 /// chance.
@@ -38,7 +39,7 @@ fn assert_no_key(what: &str, text: &str, key_pem: &str) {
 
 #[test]
 fn a_flattened_key_never_reaches_the_status_page_or_the_logs() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let leaf = ca.leaf(0x5001);
     let key_pem = leaf.key.serialize_pem();
     let files = Files::new(&ca, &leaf);

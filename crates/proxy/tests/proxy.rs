@@ -9,17 +9,17 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{
-    echo_backend, free_port, http, run_to_end, serve_echo, wait_until, Ca, Client, Files, Proxy,
-    DEADLINE, EOF_MARK,
+    echo_backend, free_port, http, run_to_end, serve_echo, Client, Files, Proxy, EOF_MARK,
 };
+use tls_reload_testkit::{resuming_client_config, wait_until_blocking, Ca, DEADLINE};
 
 #[test]
 fn bytes_go_through_both_ways() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let leaf = ca.leaf(0x1001);
     let files = Files::new(&ca, &leaf);
     let proxy = Proxy::start(&files, echo_backend(), &[]);
-    let mut client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let mut client = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     assert!(client.served_leaf(&leaf));
     assert_eq!(client.round_trip(b"hello").unwrap(), b"hello");
     // A megabyte in chunks bigger than a TLS record, each echoed whole.
@@ -31,10 +31,10 @@ fn bytes_go_through_both_ways() {
 
 #[test]
 fn a_half_close_reaches_the_backend_and_the_reply_still_arrives() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let proxy = Proxy::start(&files, echo_backend(), &[]);
-    let mut client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let mut client = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     client.tls.write_all(b"request").unwrap();
     client.finish_sending().unwrap();
     // The backend writes its EOF mark only after it saw the end of the
@@ -46,7 +46,7 @@ fn a_half_close_reaches_the_backend_and_the_reply_still_arrives() {
 
 #[test]
 fn a_backend_that_closes_first_gets_the_client_a_clean_close() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap();
@@ -56,12 +56,12 @@ fn a_backend_that_closes_first_gets_the_client_a_clean_close() {
         }
     });
     let proxy = Proxy::start(&files, target, &["--status", "127.0.0.1:0"]);
-    let mut client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let mut client = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     // Read to a clean end: the proxy passed the close on with close_notify.
     assert_eq!(client.read_to_end().unwrap(), b"bye");
     client.finish_sending().unwrap();
     let status = proxy.status.unwrap();
-    assert!(wait_until(|| {
+    assert!(wait_until_blocking(DEADLINE, || {
         let (_, _, body) = http(status, "GET", "/status");
         let status: serde_json::Value = serde_json::from_str(&body).unwrap();
         status["connections"]["active"] == 0
@@ -70,11 +70,11 @@ fn a_backend_that_closes_first_gets_the_client_a_clean_close() {
 
 #[test]
 fn a_backend_that_is_down_closes_the_client_and_the_proxy_goes_on() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let target = free_port();
     let proxy = Proxy::start(&files, target, &["--status", "127.0.0.1:0"]);
-    let config = ca.client_config();
+    let config = resuming_client_config(&ca, None);
 
     let mut refused = Client::connect(proxy.addr, &config).unwrap();
     let reply = refused.read_to_end().unwrap();
@@ -82,7 +82,7 @@ fn a_backend_that_is_down_closes_the_client_and_the_proxy_goes_on() {
         reply.is_empty(),
         "got {reply:?} from a backend that is down"
     );
-    assert!(wait_until(|| proxy
+    assert!(wait_until_blocking(DEADLINE, || proxy
         .stderr()
         .contains("cannot reach the target")));
     let (_, _, body) = http(proxy.status.unwrap(), "GET", "/status");
@@ -96,10 +96,10 @@ fn a_backend_that_is_down_closes_the_client_and_the_proxy_goes_on() {
 
 #[test]
 fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let proxy = Proxy::start(&files, echo_backend(), &["--max-connections", "2"]);
-    let config = ca.client_config();
+    let config = resuming_client_config(&ca, None);
     let mut first = Client::connect(proxy.addr, &config).unwrap();
     let mut second = Client::connect(proxy.addr, &config).unwrap();
     assert_eq!(first.round_trip(b"1").unwrap(), b"1");
@@ -127,15 +127,15 @@ fn at_the_connection_limit_a_new_client_waits_until_one_closes() {
 
 #[test]
 fn a_rotation_serves_new_clients_the_new_certificate_and_keeps_open_ones() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let old = ca.leaf(0x1001);
     let files = Files::new(&ca, &old);
     let proxy = Proxy::start(&files, echo_backend(), &["--interval", "100ms"]);
-    let config = ca.client_config();
+    let config = resuming_client_config(&ca, None);
     let mut open = Client::connect(proxy.addr, &config).unwrap();
     assert!(open.served_leaf(&old));
 
-    let new = ca.leaf_for_key(0x1002, old.key_copy());
+    let new = ca.leaf_for_key(0x1002, &old.key);
     files.install(&new);
     proxy.expect_line("reload applied generation=2 serial=1002");
 
@@ -146,16 +146,16 @@ fn a_rotation_serves_new_clients_the_new_certificate_and_keeps_open_ones() {
 
 #[test]
 fn sighup_reloads_at_once_whatever_the_interval() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let proxy = Proxy::start(&files, echo_backend(), &["--interval", "1h"]);
     let new = ca.leaf(0x1002);
     files.install(&new);
     proxy.signal("HUP");
     proxy.expect_line("reload applied generation=2 serial=1002");
-    let client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let client = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     assert!(client.served_leaf(&new));
-    assert!(wait_until(|| proxy
+    assert!(wait_until_blocking(DEADLINE, || proxy
         .stderr()
         .contains("SIGHUP: reload applied")));
 
@@ -164,16 +164,16 @@ fn sighup_reloads_at_once_whatever_the_interval() {
     proxy.signal("HUP");
     let failed = proxy.expect_line("reload failed: ");
     assert!(failed.contains("tls.key"), "{failed}");
-    assert!(wait_until(|| proxy
+    assert!(wait_until_blocking(DEADLINE, || proxy
         .stderr()
         .contains("SIGHUP: reload failed")));
-    let client = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let client = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     assert!(client.served_leaf(&new));
 }
 
 #[test]
 fn status_and_metrics_report_reloads_and_connections() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let old = ca.leaf(0x1001);
     let files = Files::new(&ca, &old);
     let proxy = Proxy::start(
@@ -182,7 +182,7 @@ fn status_and_metrics_report_reloads_and_connections() {
         &["--status", "127.0.0.1:0", "--interval", "1h"],
     );
     let status_addr = proxy.status.unwrap();
-    let config = ca.client_config();
+    let config = resuming_client_config(&ca, None);
     let mut client = Client::connect(proxy.addr, &config).unwrap();
     assert_eq!(client.round_trip(b"x").unwrap(), b"x");
     let mut garbage = TcpStream::connect(proxy.addr).unwrap();
@@ -199,9 +199,9 @@ fn status_and_metrics_report_reloads_and_connections() {
         );
         serde_json::from_str(&body).unwrap()
     };
-    assert!(wait_until(
-        || status()["connections"]["handshake_failures"] == 1
-    ));
+    assert!(wait_until_blocking(DEADLINE, || {
+        status()["connections"]["handshake_failures"] == 1
+    }));
     let now = unix_now();
     let first = status();
     assert_eq!(first["generation"], 1);
@@ -223,7 +223,9 @@ fn status_and_metrics_report_reloads_and_connections() {
     proxy.signal("HUP");
     proxy.expect_line("reload applied generation=2 serial=1002");
     drop(client);
-    assert!(wait_until(|| status()["connections"]["active"] == 0));
+    assert!(wait_until_blocking(DEADLINE, || {
+        status()["connections"]["active"] == 0
+    }));
     let second = status();
     assert_eq!(second["generation"], 2);
     assert_eq!(second["reloads_applied"], 1);
@@ -278,15 +280,15 @@ fn status_and_metrics_report_reloads_and_connections() {
 
 #[test]
 fn sigterm_refuses_new_connections_and_lets_open_ones_finish() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let mut proxy = Proxy::start(&files, echo_backend(), &["--drain-timeout", "30s"]);
-    let mut open = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let mut open = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     assert_eq!(open.round_trip(b"before").unwrap(), b"before");
 
     proxy.signal("TERM");
     assert!(
-        wait_until(|| TcpStream::connect(proxy.addr).is_err()),
+        wait_until_blocking(DEADLINE, || TcpStream::connect(proxy.addr).is_err()),
         "still accepting after SIGTERM"
     );
     assert_eq!(open.round_trip(b"during").unwrap(), b"during");
@@ -302,10 +304,10 @@ fn sigterm_refuses_new_connections_and_lets_open_ones_finish() {
 
 #[test]
 fn the_drain_timeout_ends_connections_that_do_not_finish() {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let mut proxy = Proxy::start(&files, echo_backend(), &["--drain-timeout", "1s"]);
-    let mut open = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let mut open = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     assert_eq!(open.round_trip(b"idle").unwrap(), b"idle");
     let start = Instant::now();
     proxy.signal("INT");
@@ -346,7 +348,7 @@ fn help_bad_arguments_and_unreadable_files_have_their_exit_codes() {
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("has no unit"), "{stderr}");
 
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     std::fs::remove_file(&files.key).unwrap();
     let (status, stdout, stderr) = run_to_end(&[

@@ -13,7 +13,8 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 
-use common::{free_port, wait_until, Ca, Client, Files, Proxy};
+use common::{free_port, Client, Files, Proxy};
+use tls_reload_testkit::{resuming_client_config, wait_until_blocking, Ca, DEADLINE};
 
 #[test]
 fn redis_cli_through_the_proxy_across_a_rotation() {
@@ -21,7 +22,7 @@ fn redis_cli_through_the_proxy_across_a_rotation() {
         return;
     }
     let redis = Redis::start();
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let old = ca.leaf(0x1001);
     let files = Files::new(&ca, &old);
     let proxy = Proxy::start(&files, redis.addr, &["--interval", "100ms"]);
@@ -29,18 +30,18 @@ fn redis_cli_through_the_proxy_across_a_rotation() {
 
     assert_eq!(cli(&["SET", "greeting", "before"]), "OK");
     assert_eq!(cli(&["GET", "greeting"]), "before");
-    let mut held = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let mut held = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     assert!(held.served_leaf(&old));
     assert_eq!(ping(&mut held), "+PONG\r\n");
 
-    let new = ca.leaf_for_key(0x1002, old.key_copy());
+    let new = ca.leaf_for_key(0x1002, &old.key);
     files.install(&new);
     proxy.expect_line("reload applied generation=2 serial=1002");
 
     assert_eq!(cli(&["GET", "greeting"]), "before");
     assert_eq!(cli(&["SET", "greeting", "after"]), "OK");
     assert_eq!(cli(&["GET", "greeting"]), "after");
-    let fresh = Client::connect(proxy.addr, &ca.client_config()).unwrap();
+    let fresh = Client::connect(proxy.addr, &resuming_client_config(&ca, None)).unwrap();
     assert!(fresh.served_leaf(&new));
     assert_eq!(ping(&mut held), "+PONG\r\n");
 }
@@ -124,7 +125,7 @@ impl Redis {
             .unwrap();
         let redis = Self { child, addr };
         assert!(
-            wait_until(|| TcpStream::connect(addr).is_ok()),
+            wait_until_blocking(DEADLINE, || TcpStream::connect(addr).is_ok()),
             "redis-server did not listen on {addr}"
         );
         redis

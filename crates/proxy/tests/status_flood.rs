@@ -17,7 +17,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{echo_backend, wait_until, Ca, Files, Proxy, DEADLINE};
+use common::{echo_backend, Files, Proxy};
+use tls_reload_testkit::{wait_until_blocking, Ca, DEADLINE};
 
 /// How long a scrape may take, connect to last byte, however many idle
 /// connections are open (Prometheus gives up after 10 s by default).
@@ -94,7 +95,9 @@ fn metrics_answer_within_a_second_past_1100_idle_connections_over_the_cap() {
     };
     let over = (OVER_THE_CAP - CAP) as u64;
     assert!(
-        wait_until(|| evicted(&proxy.stderr()).iter().sum::<u64>() >= over),
+        wait_until_blocking(DEADLINE, || {
+            evicted(&proxy.stderr()).iter().sum::<u64>() >= over
+        }),
         "no warning counting {over} evictions:\n{}",
         proxy.stderr()
     );
@@ -104,7 +107,7 @@ fn metrics_answer_within_a_second_past_1100_idle_connections_over_the_cap() {
 
 /// A proxy with `--status`, the status address and the proxy's files.
 fn start_with_status() -> (Proxy, SocketAddr, Files) {
-    let ca = Ca::new();
+    let ca = Ca::new("proxy test CA");
     let files = Files::new(&ca, &ca.leaf(0x1001));
     let proxy = Proxy::start(&files, echo_backend(), &["--status", "127.0.0.1:0"]);
     let status = proxy.status.unwrap();
