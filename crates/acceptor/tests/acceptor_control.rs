@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _, Result};
 use common::*;
 use futures::{FutureExt, StreamExt};
-use tls_reload::acceptor::{
+use tls_reload_acceptor::{
     Materials, ReloadError, ReloadEvent, ReloadingAcceptor, SkipReason, Template, TestDetector,
 };
 

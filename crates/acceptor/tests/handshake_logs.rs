@@ -21,7 +21,7 @@ use futures::{Future, StreamExt};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use smol::Async;
-use tls_reload::acceptor::{LogLimit, ReloadingAcceptor, Template};
+use tls_reload_acceptor::{LogLimit, ReloadingAcceptor, Template};
 use tracing::subscriber::DefaultGuard;
 
 /// What these tests read from captured logs.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use common::*;
-use tls_reload::acceptor::TestDetector;
+use tls_reload_acceptor::TestDetector;
 
 on_both_runtimes!(
     open_connection_keeps_working_across_a_reload,
@@ -179,7 +179,7 @@ struct Mtls {
     b: Arc<rustls::ClientConfig>,
     none: Arc<rustls::ClientConfig>,
     ticks: TestDetector,
-    acceptor: tls_reload::acceptor::ReloadingAcceptor,
+    acceptor: tls_reload_acceptor::ReloadingAcceptor,
     events: EventLog,
     server: Server,
     _reloader: futures::future::RemoteHandle<()>,

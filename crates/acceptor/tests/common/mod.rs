@@ -15,11 +15,11 @@ use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::stream::StreamExt;
 use futures::FutureExt;
 use rustls::ClientConfig;
-use tls_reload::acceptor::{
+use tls_reload_acceptor::{
     Builder, Detector, Events, Materials, ReloadEvent, ReloadingAcceptor, Strategy, Template,
     TestDetector,
 };
-use tls_reload::detect::Composite;
+use tls_reload_detect::Composite;
 pub use tls_reload_testkit::*;
 
 /// [`tls_reload_testkit::on_both_runtimes!`], callable as

@@ -14,7 +14,7 @@ use anyhow::{ensure, Result};
 use common::*;
 use futures::io::Cursor;
 use futures::{FutureExt, StreamExt};
-use tls_reload::acceptor::{ReloadingAcceptor, TestDetector};
+use tls_reload_acceptor::{ReloadingAcceptor, TestDetector};
 
 on_both_runtimes!(
     incoming_passes_listener_errors_and_skips_failed_handshakes,

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Result};
 use common::*;
-use tls_reload::acceptor::ReloadEvent;
+use tls_reload_acceptor::ReloadEvent;
 
 on_both_runtimes!(
     rotation_of_cert_then_key_in_place_converges,
@@ -183,7 +183,7 @@ async fn kubernetes_data_swap_is_picked_up<R: Runtime>() -> Result<()> {
     let ca = Ca::new("test server CA");
     let first = ca.leaf(0x1001);
     let mut volume = SecretVolume::new(dir.path(), &first);
-    let ticks = tls_reload::acceptor::TestDetector::new();
+    let ticks = tls_reload_acceptor::TestDetector::new();
     let acceptor = builder(volume.materials(), &ticks).build().await?;
     let server = serve::<R>(&acceptor, Serve::SpawnPerConnection)?;
     let _reloader = spawn::<R, _>(acceptor.reloader());

@@ -12,8 +12,8 @@ use common::{
     client_config, fetch_serial, serve, timeout, wait_until, write_pair, Ca, Runtime, Serve, Smol,
     DEADLINE, INTERVAL,
 };
-use tls_reload::acceptor::{ReloadingAcceptor, Strategy, Template};
-use tls_reload::detect::Composite;
+use tls_reload_acceptor::{ReloadingAcceptor, Strategy, Template};
+use tls_reload_detect::Composite;
 
 #[test]
 fn a_detector_factory_may_ask_for_the_status_and_take_its_time() -> anyhow::Result<()> {

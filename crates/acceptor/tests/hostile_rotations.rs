@@ -13,7 +13,7 @@ use common::{
     builder, client_config, fetch_serial, serve, spawn, wait_until, write_atomic, write_new,
     write_pair, Ca, EventLog, Leaf, Runtime, SecretVolume, Serve, Smol, DEADLINE,
 };
-use tls_reload::acceptor::{Materials, ReloadEvent, ReloadingAcceptor, TestDetector};
+use tls_reload_acceptor::{Materials, ReloadEvent, ReloadingAcceptor, TestDetector};
 
 /// A reloader this eager makes every race between a check and a rotation
 /// likely: a check lands mid-rotation many times over 200 rotations.

@@ -10,8 +10,8 @@ use common::{
     client_config, fetch_serial, serve, spawn, write_atomic, write_pair, Ca, Runtime, Serve,
     DEADLINE,
 };
-use tls_reload::acceptor::{Detector, ReloadingAcceptor, Template, TestDetector};
-use tls_reload::detect::{DetectError, Fingerprint};
+use tls_reload_acceptor::{Detector, ReloadingAcceptor, Template, TestDetector};
+use tls_reload_detect::{DetectError, Fingerprint};
 
 /// A detector whose first fingerprint waits until the test opens the gate,
 /// then tells the test it has passed.
