@@ -8,72 +8,39 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tls_reload::build::{build_blocking, Materials, Template};
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use tls_reload_testkit::{openssl, provider, write_ca_dir, write_leaf, Ca};
 
 fn ecdsa_pair(dir: &Path) -> Materials {
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["localhost".into()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
-    std::fs::write(dir.join("ecdsa.crt"), cert.pem()).expect("write");
-    std::fs::write(dir.join("ecdsa.key"), key.serialize_pem()).expect("write");
-    Materials::new(dir.join("ecdsa.crt"), dir.join("ecdsa.key"))
+    let (cert, key) = write_leaf(dir, "ecdsa", &Ca::new("bench CA").leaf(0x1001));
+    Materials::new(cert, key)
 }
 
 fn rsa_pair(dir: &Path) -> Materials {
-    let openssl = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .status()
-            .expect("run openssl");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    openssl(&["genrsa", "-out", "rsa.key", "2048"]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "rsa.key",
-        "-subj",
-        "/CN=localhost",
-        "-days",
-        "2",
-        "-out",
-        "rsa.crt",
-    ]);
+    openssl(dir, &["genrsa", "-out", "rsa.key", "2048"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "rsa.key",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+            "-out",
+            "rsa.crt",
+        ],
+    );
     Materials::new(dir.join("rsa.crt"), dir.join("rsa.key"))
-}
-
-fn ca_dir(dir: &Path, count: usize) -> PathBuf {
-    let cas = dir.join(format!("cas-{count}"));
-    std::fs::create_dir(&cas).expect("mkdir");
-    for i in 0..count {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("client CA {i}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).expect("CA");
-        std::fs::write(cas.join(format!("ca-{i:04}.pem")), cert.pem()).expect("write");
-    }
-    cas
 }
 
 /// rustls alone, from DER already parsed: the floor under any build.
@@ -127,7 +94,7 @@ fn bench(c: &mut Criterion) {
     let (_, ecdsa) = &pairs[0];
     let mut group = c.benchmark_group("build/ca_dir");
     for count in [100, 1_000] {
-        let cas = ca_dir(dir.path(), count);
+        let cas = write_ca_dir(&dir.path().join(format!("cas-{count}")), count);
         let materials = ecdsa.clone().with_client_ca_dir(&cas);
         group.bench_function(BenchmarkId::new("build_blocking", count), |b| {
             b.iter(|| build_blocking(black_box(&materials), &template, None).expect("build"))
