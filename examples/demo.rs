@@ -2,21 +2,22 @@
 //! A server rotates its certificate on disk the way a renewer does, while a
 //! client stays connected: the story of one reload, told as it happens.
 
-use std::net::TcpListener;
-use std::path::Path;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
-use futures_rustls::TlsConnector;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::ServerName;
+use rcgen::DnType;
+use rustls::ClientConfig;
 use smol::{Async, Timer};
 use tls_reload::acceptor::{ReloadEvent, ReloadingAcceptor};
 use tls_reload::build::LeafInfo;
+use tls_reload_testkit::{
+    new_key, resuming_client_config, served_leaf, tls_connect, write_in_place, write_pair, Ca,
+    ClientStream, Leaf,
+};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 
@@ -34,19 +35,17 @@ async fn demo() -> anyhow::Result<()> {
 
     // 1. A CA and two server certificates, as a renewer would produce them.
     let dir = tempfile::tempdir()?;
-    let ca = DemoCa::new()?;
-    let (first_cert, first_key) = ca.issue("first", 0x1001)?;
-    let (second_cert, second_key) = ca.issue("second", 0x2002)?;
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, &first_cert)?;
-    std::fs::write(&key_path, &first_key)?;
+    let ca = Ca::new("tls-reload demo CA");
+    let (first, second) = (issue(&ca, "first", 0x1001), issue(&ca, "second", 0x2002));
+    let materials = write_pair(dir.path(), &first);
+    let (cert_path, key_path) = (materials.cert(), materials.key());
     println!(
         "1. Made a demo CA and two server certificates for localhost in {}",
         dir.path().display()
     );
 
     // 2. The server: build once (fails fast on bad files), then let the reloader run.
-    let acceptor = ReloadingAcceptor::from_files(&cert_path, &key_path)
+    let acceptor = ReloadingAcceptor::from_files(cert_path, key_path)
         .interval(INTERVAL)
         .build()
         .await?;
@@ -61,15 +60,15 @@ async fn demo() -> anyhow::Result<()> {
     );
 
     // 3. A client that verifies the server against the demo CA.
-    let connector = ca.connector()?;
-    let (mut client_a, leaf) = connect(&connector, addr).await?;
+    let client = resuming_client_config(&ca, None);
+    let (mut client_a, leaf) = connect(&client, addr).await?;
     println!("3. Client A connected and verified the server against the demo CA. It was served:");
     print_leaf(&leaf);
     println!("   Client A keeps this connection open.");
 
     // 4. Renew like certbot or a cert-manager copy: the certificate first, the key a moment later.
     println!("4. Renewing: writing the new certificate to tls.crt (the key follows in 500 ms)...");
-    write_in_place(&cert_path, &second_cert)?;
+    write_in_place(cert_path, second.cert_pem());
     match next_event(&mut events, Duration::from_millis(500), |e| {
         matches!(e, ReloadEvent::Failed { .. })
     })
@@ -84,7 +83,7 @@ async fn demo() -> anyhow::Result<()> {
         _ => println!("   (the reloader did not look between the two writes this time)"),
     }
     println!("   Writing the new key to tls.key...");
-    write_in_place(&key_path, &second_key)?;
+    write_in_place(key_path, second.key_pem());
     match next_event(&mut events, Duration::from_secs(5), |e| {
         matches!(e, ReloadEvent::Applied { .. })
     })
@@ -100,7 +99,7 @@ async fn demo() -> anyhow::Result<()> {
     }
 
     // 5. New connections get the new certificate.
-    let (mut client_b, leaf) = connect(&connector, addr).await?;
+    let (mut client_b, leaf) = connect(&client, addr).await?;
     println!("5. Client B connected and was served:");
     print_leaf(&leaf);
     client_b.close().await?;
@@ -153,25 +152,14 @@ async fn serve(listener: Async<TcpListener>, acceptor: ReloadingAcceptor) {
     }
 }
 
+/// A handshake that verifies the server against the demo CA; returns the
+/// connection and what the server presented.
 async fn connect(
-    connector: &TlsConnector,
-    addr: std::net::SocketAddr,
-) -> anyhow::Result<(
-    futures_rustls::client::TlsStream<Async<std::net::TcpStream>>,
-    LeafInfo,
-)> {
-    let tcp = Async::<std::net::TcpStream>::connect(addr).await?;
-    tcp.get_ref().set_nodelay(true)?;
-    let tls = connector
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let der = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .context("no server certificate")?;
-    let leaf = LeafInfo::from_der(der)?;
+    client: &Arc<ClientConfig>,
+    addr: SocketAddr,
+) -> anyhow::Result<(ClientStream, LeafInfo)> {
+    let tls = tls_connect(addr, client).await?;
+    let leaf = LeafInfo::from_der(&served_leaf(&tls))?;
     Ok((tls, leaf))
 }
 
@@ -202,35 +190,10 @@ async fn next_event(
     }
 }
 
-/// Rewrites a file in place, as `cp` does.
-fn write_in_place(path: &Path, contents: &str) -> std::io::Result<()> {
-    std::fs::write(path, contents)
-}
-
-struct DemoCa {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl DemoCa {
-    fn new() -> anyhow::Result<Self> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tls-reload demo CA");
-        let cert = params.self_signed(&key)?;
-        Ok(Self {
-            issuer: Issuer::new(params, key),
-            pem: cert.pem(),
-        })
-    }
-
-    /// A certificate for localhost with this serial, and its key, in PEM.
-    fn issue(&self, name: &str, serial: u64) -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+/// A certificate for localhost with this serial, valid for 90 days from a
+/// minute ago like an ACME certificate.
+fn issue(ca: &Ca, name: &str, serial: u16) -> Leaf {
+    ca.leaf_with(serial, new_key(), |params| {
         params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
@@ -238,26 +201,8 @@ impl DemoCa {
             DnType::OrganizationName,
             format!("demo, {name} certificate"),
         );
-        params.serial_number = Some(SerialNumber::from(serial));
-        // Valid for 90 days from a minute ago, like an ACME certificate.
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);
         params.not_after = now + time::Duration::days(90);
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-
-    fn connector(&self) -> anyhow::Result<TlsConnector> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(self.pem.as_bytes()) {
-            roots.add(cert?)?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(TlsConnector::from(Arc::new(config)))
-    }
+    })
 }
