@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tls_reload::build::{build_blocking, Materials, Template};
-use tls_reload_testkit::{openssl, provider, write_ca_dir, write_leaf, Ca};
+use tls_reload_testkit::{openssl, openssl_self_signed, provider, write_ca_dir, write_leaf, Ca};
 
 fn ecdsa_pair(dir: &Path) -> Materials {
     let (cert, key) = write_leaf(dir, "ecdsa", &Ca::new("bench CA").leaf(0x1001));
@@ -24,22 +24,7 @@ fn ecdsa_pair(dir: &Path) -> Materials {
 
 fn rsa_pair(dir: &Path) -> Materials {
     openssl(dir, &["genrsa", "-out", "rsa.key", "2048"]);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "rsa.key",
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "2",
-            "-out",
-            "rsa.crt",
-        ],
-    );
+    openssl_self_signed(dir, "rsa.key", "rsa.crt");
     Materials::new(dir.join("rsa.crt"), dir.join("rsa.key"))
 }
 

@@ -2,14 +2,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::{handshake, template};
 use rcgen::{KeyPair, SerialNumber};
 use sha2::{Digest, Sha256};
 use tls_reload_build::{build, build_blocking, BuildError, Built, Materials, Resumption};
-use tls_reload_testkit::{leaf_params, openssl, resuming_client_config, write_leaf, write_new, Ca};
+use tls_reload_testkit::{
+    leaf_params, openssl, openssl_self_signed, resuming_client_config, write_leaf, write_new, Ca,
+};
 
 #[test]
 fn pkcs8_ecdsa_p256_serves_a_handshake() {
@@ -34,26 +35,6 @@ fn pkcs8_ed25519_serves_a_handshake() {
     handshake(built.config(), &resuming_client_config(&ca, None)).expect("handshake");
 }
 
-/// Generates a self-signed certificate for `key` with openssl.
-fn openssl_cert(dir: &Path, key: &str, cert: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            key,
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "2",
-            "-out",
-            cert,
-        ],
-    );
-}
-
 #[test]
 fn rsa_pkcs1_and_pkcs8() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -65,7 +46,7 @@ fn rsa_pkcs1_and_pkcs8() {
             "pkcs8", "-topk8", "-nocrypt", "-in", "rsa1.key", "-out", "rsa8.key",
         ],
     );
-    openssl_cert(d, "rsa1.key", "rsa.crt");
+    openssl_self_signed(d, "rsa1.key", "rsa.crt");
     let pkcs1 = std::fs::read_to_string(d.join("rsa1.key")).expect("read");
     assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"), "{pkcs1}");
 
@@ -105,7 +86,7 @@ fn sec1_ec_key() {
             "ec.key",
         ],
     );
-    openssl_cert(d, "ec.key", "ec.crt");
+    openssl_self_signed(d, "ec.key", "ec.crt");
     let sec1 = std::fs::read_to_string(d.join("ec.key")).expect("read");
     assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
     build_blocking(

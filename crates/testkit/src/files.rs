@@ -133,3 +133,24 @@ pub fn openssl(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Makes `dir/CERT`, a self-signed certificate for `localhost` (CN) valid
+/// for two days, for the key in `dir/KEY`, with openssl.
+pub fn openssl_self_signed(dir: &Path, key: &str, cert: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key,
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+            "-out",
+            cert,
+        ],
+    );
+}

@@ -23,8 +23,8 @@ pub use client::{
     resuming_client_config, served_leaf, served_serial, tls_connect, ClientStream,
 };
 pub use files::{
-    openssl, symlink, write_atomic, write_ca_dir, write_in_place, write_leaf, write_new,
-    write_pair, SecretVolume,
+    openssl, openssl_self_signed, symlink, write_atomic, write_ca_dir, write_in_place, write_leaf,
+    write_new, write_pair, SecretVolume,
 };
 pub use io::Silent;
 pub use logs::{init_tracing, Captured};
