@@ -12,8 +12,7 @@ use std::time::Duration;
 use common::{handshake_rate, median, spawn_server};
 use futures_rustls::TlsAcceptor;
 use tls_reload::acceptor::{ReloadingAcceptor, Template};
-use tls_reload::build::{build_blocking, Materials};
-use tls_reload_testkit::{client_config, write_pair, Ca};
+use tls_reload::build::build_blocking;
 
 fn main() -> anyhow::Result<()> {
     let scale = common::start();
@@ -21,11 +20,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn accept_overhead(scale: u32) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let ca = Ca::new("bench CA");
-    let materials: Materials = write_pair(dir.path(), &ca.leaf(0x1001));
+    let common::Served {
+        dir: _dir,
+        materials,
+        client,
+    } = common::served()?;
     let (cert, key) = (materials.cert(), materials.key());
-    let client = client_config(&ca, None);
 
     let built = build_blocking(&materials, &Template::from_default_provider()?, None)?;
     let plain = TlsAcceptor::from(built.config().clone());

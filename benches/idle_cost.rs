@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::process_cpu;
 use smol::Timer;
 use tls_reload::detect::{Composite, Detector, Strategy};
-use tls_reload_testkit::{write_ca_dir, write_pair, Ca};
+use tls_reload_testkit::write_ca_dir;
 
 fn main() -> anyhow::Result<()> {
     common::start();
@@ -19,8 +19,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn idle_cost() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let materials = write_pair(dir.path(), &Ca::new("bench CA").leaf(0x1001));
+    let common::Served { dir, materials, .. } = common::served()?;
     let ca_dir = write_ca_dir(&dir.path().join("idle.d"), 100);
     // Past the racy window, so the steady state is measured.
     Timer::after(Duration::from_millis(2100)).await;

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use smol::Timer;
 use tls_reload::acceptor::{ClientAuth, ReloadEvent, ReloadingAcceptor, Template};
 use tls_reload::detect::TestDetector;
-use tls_reload_testkit::{ca_pem, client_config, write_ca_dir, write_pair, Ca};
+use tls_reload_testkit::{ca_pem, write_ca_dir};
 
 fn main() -> anyhow::Result<()> {
     let scale = common::start();
@@ -25,10 +25,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn no_stall(scale: u32) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let ca = Ca::new("bench CA");
-    let materials = write_pair(dir.path(), &ca.leaf(0x1001));
-    let client = client_config(&ca, None);
+    let common::Served {
+        dir,
+        materials,
+        client,
+    } = common::served()?;
     let ca_dir = write_ca_dir(&dir.path().join("clients.d"), 1000);
     // Rewriting this file between reloads makes each one rebuild the trust.
     let flip = [ca_pem("flip A"), ca_pem("flip B")];

@@ -15,7 +15,9 @@ use futures::future::join_all;
 use futures::io::AsyncWriteExt;
 use rustls::ClientConfig;
 use smol::Async;
-use tls_reload_testkit::tls_connect;
+use tempfile::TempDir;
+use tls_reload::build::Materials;
+use tls_reload_testkit::{client_config, tls_connect, write_pair, Ca};
 
 /// How much shorter a run is: 4 with `--quick` (`cargo bench --bench NAME
 /// -- --quick`), else 1. Prints the machine line first.
@@ -26,6 +28,27 @@ pub(crate) fn start() -> u32 {
     } else {
         1
     }
+}
+
+/// A pair for `localhost` from a fresh CA in a temp dir, and a client that
+/// trusts the CA and never resumes (every handshake is full).
+pub(crate) struct Served {
+    /// Holds the files; removed on drop.
+    pub(crate) dir: TempDir,
+    pub(crate) materials: Materials,
+    pub(crate) client: Arc<ClientConfig>,
+}
+
+pub(crate) fn served() -> anyhow::Result<Served> {
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("bench CA");
+    let materials = write_pair(dir.path(), &ca.leaf(0x1001));
+    let client = client_config(&ca, None);
+    Ok(Served {
+        dir,
+        materials,
+        client,
+    })
 }
 
 /// Accepts on a fresh loopback port; each connection does the handshake and
