@@ -35,3 +35,58 @@ pub use wait::{timeout, wait_until, wait_until_blocking, DEADLINE};
 
 #[doc(hidden)]
 pub use anyhow;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_read_back_as_leaf_info_prints_them() {
+        let ca = Ca::new("CA");
+        for (serial, hex) in [
+            (0x1001, "1001"),
+            (0x7fff, "7fff"),
+            // DER pads a high bit with a zero byte; the hex leaves it out.
+            (0x8000, "8000"),
+            // A leading zero byte is left out too.
+            (0x00ff, "ff"),
+        ] {
+            let leaf = ca.leaf(serial);
+            assert_eq!(leaf.serial_hex(), hex);
+            let info = tls_reload_build::LeafInfo::from_der(leaf.cert.der()).expect("parse");
+            assert_eq!(info.serial_hex(), hex);
+        }
+        assert_eq!(der_serial_hex(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn a_secret_volume_swap_serves_the_new_pair_and_drops_the_old_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("CA");
+        let (first, second) = (ca.leaf(0x1001), ca.leaf(0x1002));
+        let mut volume = SecretVolume::new(dir.path(), &first);
+        let materials = volume.materials();
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("read");
+        assert_eq!(read(materials.cert()), first.cert_pem());
+        volume.swap(&second);
+        assert_eq!(read(materials.cert()), second.cert_pem());
+        assert_eq!(read(materials.key()), second.key_pem());
+        let versions = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter(|e| {
+                let name = e.as_ref().expect("entry").file_name();
+                name.to_string_lossy().starts_with("..2025")
+            })
+            .count();
+        assert_eq!(versions, 1, "the old version is removed");
+    }
+
+    #[test]
+    fn an_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_new(dir.path(), "tls.crt", "old");
+        write_atomic(&path, "new");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+}
