@@ -64,9 +64,10 @@ pub fn symlink(target: &Path, link: &Path) {
         .unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", link.display(), target.display()));
 }
 
-/// A directory laid out like a Kubernetes secret volume:
-/// `..TS/tls.crt,tls.key`, `..data -> ..TS`, `tls.crt -> ..data/tls.crt`,
-/// `tls.key -> ..data/tls.key`.
+/// A directory laid out like a Kubernetes secret volume, as the kubelet's
+/// atomic writer makes it: the files in a timestamped directory `..TS/`,
+/// `..data -> ..TS`, and for each file `NAME -> ..data/NAME` (for a leaf:
+/// `tls.crt` and `tls.key`).
 #[derive(Debug)]
 pub struct SecretVolume {
     /// The volume's directory.
@@ -75,17 +76,24 @@ pub struct SecretVolume {
 }
 
 impl SecretVolume {
-    /// Lays out the volume in `dir` (which exists) with `leaf` as its first
-    /// version.
+    /// Lays out the volume in `dir` with `leaf` as `tls.crt` and `tls.key`.
     pub fn new(dir: &Path, leaf: &Leaf) -> Self {
+        Self::with_files(dir, &leaf_files(leaf))
+    }
+
+    /// Lays out the volume in `dir` (created if missing) with these files,
+    /// by name and contents.
+    pub fn with_files<C: AsRef<[u8]>>(dir: &Path, files: &[(&str, C)]) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let mut volume = Self {
             dir: dir.to_owned(),
             version: 0,
         };
-        let first = volume.write_version(leaf);
+        let first = volume.write_version(files);
         symlink(&first, &dir.join("..data"));
-        symlink(Path::new("..data/tls.crt"), &dir.join("tls.crt"));
-        symlink(Path::new("..data/tls.key"), &dir.join("tls.key"));
+        for (name, _) in files {
+            symlink(&Path::new("..data").join(name), &dir.join(name));
+        }
         volume
     }
 
@@ -94,19 +102,25 @@ impl SecretVolume {
         Materials::new(self.dir.join("tls.crt"), self.dir.join("tls.key"))
     }
 
+    /// Swaps in `leaf` as a new version (see [`swap_files`](Self::swap_files)).
+    pub fn swap(&mut self, leaf: &Leaf) {
+        self.swap_files(&leaf_files(leaf));
+    }
+
     /// Swaps in a new version the way the kubelet does: a new timestamped
     /// directory, a `..data_tmp` symlink to it renamed over `..data`, then
-    /// the old version removed.
-    pub fn swap(&mut self, leaf: &Leaf) {
+    /// the old version removed. The names are those the volume was made
+    /// with.
+    pub fn swap_files<C: AsRef<[u8]>>(&mut self, files: &[(&str, C)]) {
         let old = std::fs::read_link(self.dir.join("..data")).expect("..data");
-        let new = self.write_version(leaf);
+        let new = self.write_version(files);
         let tmp = self.dir.join("..data_tmp");
         symlink(&new, &tmp);
         std::fs::rename(&tmp, self.dir.join("..data")).expect("rename ..data_tmp");
         std::fs::remove_dir_all(self.dir.join(old)).expect("remove the old version");
     }
 
-    fn write_version(&mut self, leaf: &Leaf) -> PathBuf {
+    fn write_version<C: AsRef<[u8]>>(&mut self, files: &[(&str, C)]) -> PathBuf {
         self.version += 1;
         let name = PathBuf::from(format!(
             "..2025_01_01_00_00_{:02}.{}",
@@ -115,9 +129,18 @@ impl SecretVolume {
         ));
         let dir = self.dir.join(&name);
         std::fs::create_dir(&dir).expect("version dir");
-        write_leaf(&dir, "tls", leaf);
+        for (file, contents) in files {
+            write_new(&dir, file, contents.as_ref());
+        }
         name
     }
+}
+
+fn leaf_files(leaf: &Leaf) -> [(&'static str, Vec<u8>); 2] {
+    [
+        ("tls.crt", leaf.cert_pem().into_bytes()),
+        ("tls.key", leaf.key_pem().into_bytes()),
+    ]
 }
 
 /// Runs openssl in `dir`, panicking with its stderr on failure.

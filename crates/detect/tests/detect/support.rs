@@ -4,7 +4,7 @@ use std::fmt;
 use std::fs;
 use std::future::Future;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -164,70 +164,12 @@ pub(crate) fn run(program: &str, args: &[&Path]) -> io::Result<()> {
     }
 }
 
-/// Writes `contents` to a fresh file next to `path`, then renames it over
-/// `path`: how most tools replace a file atomically.
-pub(crate) fn replace_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    fs::write(&tmp, contents)?;
-    fs::rename(&tmp, path)
-}
-
 /// Points the symlink `link` at `target` atomically (new link, then rename).
 pub(crate) fn retarget(link: &Path, target: &Path) -> io::Result<()> {
     let mut tmp = link.as_os_str().to_owned();
     tmp.push(".tmp");
     std::os::unix::fs::symlink(target, &tmp)?;
     fs::rename(&tmp, link)
-}
-
-/// A Kubernetes secret volume, as the kubelet's atomic writer lays it out:
-/// `tls.crt -> ..data/tls.crt`, `..data -> ..TIMESTAMP`, and the files in
-/// the timestamped directory.
-#[derive(Debug)]
-pub(crate) struct SecretVolume {
-    pub(crate) dir: PathBuf,
-    generation: u32,
-}
-
-impl SecretVolume {
-    pub(crate) fn create(dir: PathBuf, contents: &[u8]) -> io::Result<Self> {
-        fs::create_dir(&dir)?;
-        let mut volume = Self { dir, generation: 0 };
-        let data = volume.write_generation(contents)?;
-        std::os::unix::fs::symlink(&data, volume.dir.join("..data"))?;
-        std::os::unix::fs::symlink("..data/tls.crt", volume.dir.join("tls.crt"))?;
-        Ok(volume)
-    }
-
-    /// The user-facing path, `tls.crt`.
-    pub(crate) fn cert(&self) -> PathBuf {
-        self.dir.join("tls.crt")
-    }
-
-    /// Publishes new contents the way the kubelet does: a new timestamped
-    /// directory, a `..data_tmp` link to it renamed over `..data`, then the
-    /// old directory removed.
-    pub(crate) fn swap(&mut self, contents: &[u8]) -> io::Result<()> {
-        let old = self.dir.join(Self::generation_name(self.generation));
-        let data = self.write_generation(contents)?;
-        let tmp = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&data, &tmp)?;
-        fs::rename(&tmp, self.dir.join("..data"))?;
-        fs::remove_dir_all(old)
-    }
-
-    fn write_generation(&mut self, contents: &[u8]) -> io::Result<String> {
-        self.generation += 1;
-        let name = Self::generation_name(self.generation);
-        fs::create_dir(self.dir.join(&name))?;
-        fs::write(self.dir.join(&name).join("tls.crt"), contents)?;
-        Ok(name)
-    }
-
-    fn generation_name(generation: u32) -> String {
-        format!("..2026_01_01_00_00_00.{generation}")
-    }
 }
 
 /// Runs `future` to completion, failing the test after [`DEADLINE`].

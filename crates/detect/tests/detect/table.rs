@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use tempfile::TempDir;
 use tls_reload_detect::{DetectError, Fingerprint};
+use tls_reload_testkit::{write_atomic, SecretVolume};
 
 use crate::support::{
-    next_tick, not_found, replace_atomically, retarget, run, Kind, Mode, Outcome, Probe,
-    SecretVolume, TestResult, NEW, OLD,
+    next_tick, not_found, retarget, run, Kind, Mode, Outcome, Probe, TestResult, NEW, OLD,
 };
 
 use Outcome::{Change, NoChange, NotFound};
@@ -53,9 +53,10 @@ impl Scene {
                 root.path().join("tls.crt")
             }
             Setup::Secret | Setup::SecretDir => {
-                let secret = SecretVolume::create(root.path().join("secret"), OLD)?;
+                let secret =
+                    SecretVolume::with_files(&root.path().join("secret"), &[("tls.crt", OLD)]);
                 let watched = match setup {
-                    Setup::Secret => secret.cert(),
+                    Setup::Secret => secret.dir.join("tls.crt"),
                     _ => secret.dir.clone(),
                 };
                 volume = Some(secret);
@@ -105,7 +106,10 @@ const ROWS: &[Row] = &[
     Row {
         event: "atomic rename of a new file over it",
         setup: Setup::File,
-        act: |scene, _| Ok(replace_atomically(&scene.watched, NEW)?),
+        act: |scene, _| {
+            write_atomic(&scene.watched, NEW);
+            Ok(())
+        },
         expect: [Change, Change, Change],
     },
     Row {
@@ -154,13 +158,19 @@ const ROWS: &[Row] = &[
     Row {
         event: "Kubernetes `..data` swap",
         setup: Setup::Secret,
-        act: |scene, _| Ok(scene.volume().swap(NEW)?),
+        act: |scene, _| {
+            scene.volume().swap_files(&[("tls.crt", NEW)]);
+            Ok(())
+        },
         expect: [Change, Change, Change],
     },
     Row {
         event: "Kubernetes `..data` swap, directory watched",
         setup: Setup::SecretDir,
-        act: |scene, _| Ok(scene.volume().swap(NEW)?),
+        act: |scene, _| {
+            scene.volume().swap_files(&[("tls.crt", NEW)]);
+            Ok(())
+        },
         expect: [Change, Change, Change],
     },
     Row {
