@@ -158,19 +158,13 @@ const ROWS: &[Row] = &[
     Row {
         event: "Kubernetes `..data` swap",
         setup: Setup::Secret,
-        act: |scene, _| {
-            scene.volume().swap_files(&[("tls.crt", NEW)]);
-            Ok(())
-        },
+        act: swap_in_new,
         expect: [Change, Change, Change],
     },
     Row {
         event: "Kubernetes `..data` swap, directory watched",
         setup: Setup::SecretDir,
-        act: |scene, _| {
-            scene.volume().swap_files(&[("tls.crt", NEW)]);
-            Ok(())
-        },
+        act: swap_in_new,
         expect: [Change, Change, Change],
     },
     Row {
@@ -216,6 +210,12 @@ const ROWS: &[Row] = &[
         expect: [NoChange, Change, NoChange],
     },
 ];
+
+/// The kubelet's swap of the secret volume to a version holding `NEW`.
+fn swap_in_new(scene: &mut Scene, _: Check<'_>) -> TestResult {
+    scene.volume().swap_files(&[("tls.crt", NEW)]);
+    Ok(())
+}
 
 /// `cp -p` over the watched file of a same-length file whose mtime was
 /// first set to the watched file's: only the ctime tells.
