@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use futures::future::{self, Either};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{FutureExt, Stream};
@@ -59,6 +58,9 @@ impl ReloadingAcceptor {
                 interval: DEFAULT_INTERVAL,
                 retry_interval: DEFAULT_RETRY_INTERVAL,
                 handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+                events: true,
+                #[cfg(feature = "test-util")]
+                event_failure: None,
                 #[cfg(feature = "test-util")]
                 before_background_apply: None,
             },
@@ -175,17 +177,25 @@ async fn run_reloader(
     alive: async_channel::Receiver<()>,
     interval: Duration,
 ) {
-    let Some(_claim) = shared.upgrade().and_then(|shared| shared.claim_reloader()) else {
+    let Some(strong) = shared.upgrade() else {
+        return;
+    };
+    let Some(_claim) = strong.claim_reloader() else {
         tracing::warn!("a reloader is already running for this acceptor; this one ends");
         return;
     };
-    // Re-armed after each check rather than `Timer::interval`, which fires
-    // the ticks it missed back to back after a slow check.
-    let mut timer = Timer::after(interval);
+    let mut events = strong.rearm(strong.event_watch()).await;
+    drop(strong);
     loop {
-        let stop = alive.recv();
-        futures::pin_mut!(stop);
-        if let Either::Right(_) = future::select(&mut timer, stop).await {
+        // The poll is re-armed after each check rather than on a fixed
+        // beat, which would fire missed ticks back to back after a slow one.
+        let stopped = {
+            let wake = events.wait(Instant::now() + interval);
+            let stop = alive.recv();
+            futures::pin_mut!(wake, stop);
+            matches!(future::select(wake, stop).await, Either::Right(_))
+        };
+        if stopped {
             tracing::debug!("acceptor dropped; reloader stops");
             return;
         }
@@ -193,8 +203,7 @@ async fn run_reloader(
             return;
         };
         shared.tick().await;
-        drop(shared);
-        timer.set_after(interval);
+        events = shared.rearm(events).await;
     }
 }
 
@@ -234,6 +243,24 @@ impl Builder {
     /// How often the reloader checks the files. Default 1 s; at least 1 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.settings.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether file-system events (inotify on Linux) wake a check at once,
+    /// with the [interval](Builder::interval) as the backstop. Default on.
+    /// Off, or where events are unavailable, the files are checked at the
+    /// interval only; [`Status::detection`](crate::Status::detection) says
+    /// which and why.
+    pub fn events(mut self, on: bool) -> Self {
+        self.settings.events = on;
+        self
+    }
+
+    /// Makes every event watch fail to be added with `reason`, to test the
+    /// fall back to polling (feature `test-util`).
+    #[cfg(feature = "test-util")]
+    pub fn fail_event_watches(mut self, reason: impl Into<String>) -> Self {
+        self.settings.event_failure = Some(reason.into());
         self
     }
 

@@ -98,4 +98,4 @@ pub use tls_reload_build::{
 /// A detector driven by hand, for tests (feature `test-util`).
 #[cfg(feature = "test-util")]
 pub use tls_reload_detect::TestDetector;
-pub use tls_reload_detect::{Detector, Strategy};
+pub use tls_reload_detect::{Detection, Detector, Strategy};

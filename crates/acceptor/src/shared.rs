@@ -38,6 +38,11 @@
 //! `.await`, never around user code (a detector factory, a user detector's
 //! `Debug`), IO or a build. `subscribers` guards the event senders.
 //!
+//! **Wake-ups.** The reloader checks at every interval and, when
+//! file-system events say a watched path moved, at once (an
+//! [`EventWatch`] it owns, re-armed after every check). Events only wake a
+//! check; the fingerprint decides.
+//!
 //! **The accept path takes no lock.** It loads `config`, an [`ArcSwap`],
 //! once per handshake. A good build is stored there by the request that
 //! built it, under the state lock so that stores happen in landing order.
@@ -57,7 +62,7 @@ use arc_swap::ArcSwap;
 use async_io::Timer;
 use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, Materials, Template};
-use tls_reload_detect::{DetectError, Detector, Fingerprint, Watcher};
+use tls_reload_detect::{DetectError, Detection, Detector, EventWatch, Fingerprint, Watcher};
 
 use crate::deadline::Deadlines;
 use crate::error::Cause;
@@ -76,6 +81,11 @@ pub(crate) struct Settings {
     pub(crate) interval: Duration,
     pub(crate) retry_interval: Duration,
     pub(crate) handshake_timeout: Option<Duration>,
+    /// Whether file-system events wake the reloader's checks.
+    pub(crate) events: bool,
+    /// Makes every event watch fail to be added (a test hook).
+    #[cfg(feature = "test-util")]
+    pub(crate) event_failure: Option<String>,
     /// Awaited between a background build and its landing (a test hook).
     #[cfg(feature = "test-util")]
     pub(crate) before_background_apply: Option<Hook>,
@@ -121,6 +131,8 @@ struct State {
     last_failure: Option<(Cause, Option<Fingerprint>)>,
     /// Whether a skip of the files that failed was reported already.
     skip_reported: bool,
+    /// How the reloader detects changes: events, or poll only and why.
+    detection: Detection,
 }
 
 /// The ticket sequence and the floors below which a result is stale (see
@@ -237,6 +249,7 @@ impl Shared {
                 last_error: None,
                 last_failure: None,
                 skip_reported: false,
+                detection: no_reloader(),
             }),
             subscribers: Mutex::new(Vec::new()),
             deadlines: start.settings.handshake_timeout.map(Deadlines::new),
@@ -274,7 +287,36 @@ impl Shared {
             leaf: state.current.leaf().clone(),
             materials: state.materials.clone(),
             files: state.current.files().to_vec(),
+            detection: state.detection.clone(),
         }
+    }
+
+    /// A new event watch for a reloader, as the settings say.
+    pub(crate) fn event_watch(&self) -> EventWatch {
+        #[cfg(feature = "test-util")]
+        if let Some(reason) = &self.settings.event_failure {
+            return EventWatch::failing(reason.clone());
+        }
+        if self.settings.events {
+            EventWatch::new()
+        } else {
+            EventWatch::off("events off")
+        }
+    }
+
+    /// Re-arms `events` on the paths the detector reads now, off the
+    /// executor, and shows the result in the status.
+    pub(crate) async fn rearm(&self, mut events: EventWatch) -> EventWatch {
+        let detector = self.state().watcher.detector().clone();
+        // A user detector's method: called outside the lock.
+        let paths = detector.watched_paths();
+        let events = blocking::unblock(move || {
+            events.arm(&paths);
+            events
+        })
+        .await;
+        self.state().detection = events.detection().clone();
+        events
     }
 
     pub(crate) fn current(&self) -> Arc<Built> {
@@ -638,8 +680,15 @@ pub(crate) struct ReloaderClaim(std::sync::Weak<Shared>);
 impl Drop for ReloaderClaim {
     fn drop(&mut self) {
         if let Some(shared) = self.0.upgrade() {
+            shared.state().detection = no_reloader();
             shared.reloader_running.store(false, Ordering::Release);
         }
+    }
+}
+
+fn no_reloader() -> Detection {
+    Detection::PollOnly {
+        reason: "no reloader is running".into(),
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use futures::Stream;
 use tls_reload_build::{LeafInfo, Materials, Resumption};
+use tls_reload_detect::Detection;
 
 use crate::ReloadError;
 
@@ -38,6 +39,10 @@ pub struct Status {
     pub materials: Materials,
     /// The files read for the config now served.
     pub files: Vec<PathBuf>,
+    /// How changes are detected: file-system events (with the poll as the
+    /// backstop), or poll only and why (events off, no backend on this
+    /// platform, a watch that could not be added, no reloader running).
+    pub detection: Detection,
 }
 
 /// Why a check did not lead to a build.

@@ -45,6 +45,12 @@ async fn a_second_reloader_ends_at_once_and_a_later_one_takes_over<R: Runtime>(
     );
 
     drop(first);
+    // The first one stops at its next poll; the status says when it has.
+    let stopped = wait_until(DEADLINE, || async {
+        acceptor.status().detection.to_string() == "poll only: no reloader is running"
+    })
+    .await;
+    anyhow::ensure!(stopped, "the first reloader did not stop");
     let third = spawn::<R, _>(acceptor.reloader());
     trigger.trigger();
     anyhow::ensure!(applied(2).await, "no reloader took over");

@@ -403,7 +403,7 @@ fn ca_names_fit(roots: &RootCertStore, anchor: &Path) -> bool {
 /// Yields the thread every few CA files. A large CA directory is a long
 /// burst of work on a thread the scheduler favours as freshly woken; stepping
 /// aside now and then keeps it from holding up the handshakes that share its
-/// core (measured: `examples/bench_reload.rs`, part 3).
+/// core (measured: `benches/no_stall.rs`).
 pub(crate) fn step_aside(file_index: usize) {
     if file_index % 8 == 7 {
         std::thread::yield_now();

@@ -85,4 +85,11 @@ impl Detector for Composite {
         .await?;
         Ok(Fingerprint::from_parts(parts))
     }
+
+    fn watched_paths(&self) -> Vec<PathBuf> {
+        self.members
+            .iter()
+            .flat_map(|(_, detector)| detector.watched_paths())
+            .collect()
+    }
 }

@@ -98,6 +98,7 @@ use async_trait::async_trait;
 
 mod composite;
 mod error;
+mod events;
 mod fingerprint;
 mod fs;
 mod strategy;
@@ -107,6 +108,7 @@ mod watcher;
 
 pub use composite::Composite;
 pub use error::DetectError;
+pub use events::{Detection, EventWatch, Wake, EVENT_CAP, EVENT_DEBOUNCE};
 pub use fingerprint::{Change, Fingerprint};
 pub use fs::{dir_files, read_file, DirFiles};
 pub use strategy::{
@@ -114,7 +116,7 @@ pub use strategy::{
 };
 #[cfg(feature = "test-util")]
 pub use testing::TestDetector;
-pub use watcher::{watch, Watch, Watcher};
+pub use watcher::{poll, watch, watch_with, Watch, Watcher};
 
 /// How many bytes a strategy reads from one file at most: 1 MiB.
 ///
@@ -132,6 +134,13 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
 pub trait Detector: Send + Sync + std::fmt::Debug {
     /// The current fingerprint, or why it could not be taken.
     async fn fingerprint(&self) -> Result<Fingerprint, DetectError>;
+
+    /// The files and directories it reads, for an [`EventWatch`] to wake
+    /// checks when they move. Empty (the default) for a detector that reads
+    /// no path: it is then checked at the poll interval only.
+    fn watched_paths(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 #[async_trait]
@@ -139,11 +148,19 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
     async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
         (**self).fingerprint().await
     }
+
+    fn watched_paths(&self) -> Vec<std::path::PathBuf> {
+        (**self).watched_paths()
+    }
 }
 
 #[async_trait]
 impl<D: Detector + ?Sized> Detector for std::sync::Arc<D> {
     async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
         (**self).fingerprint().await
+    }
+
+    fn watched_paths(&self) -> Vec<std::path::PathBuf> {
+        (**self).watched_paths()
     }
 }

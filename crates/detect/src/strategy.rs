@@ -362,6 +362,10 @@ macro_rules! blocking_detector {
                 let this = self.clone();
                 blocking::unblock(move || this.fingerprint_blocking()).await
             }
+
+            fn watched_paths(&self) -> Vec<PathBuf> {
+                vec![self.path().to_path_buf()]
+            }
         }
     )*};
 }

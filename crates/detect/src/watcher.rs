@@ -1,12 +1,12 @@
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 
-use crate::{Change, DetectError, Detector, Fingerprint};
+use crate::{Change, DetectError, Detection, Detector, EventWatch, Fingerprint};
 
 /// A detector plus the fingerprint that was last **committed**.
 ///
@@ -161,21 +161,25 @@ impl fmt::Debug for Watcher {
     }
 }
 
-/// Watches `detector` every `interval` on an `async-io` timer.
+/// Watches `detector`: at once when file-system events say one of its
+/// [paths](Detector::watched_paths) moved, and every `interval` whatever
+/// the events say (the backstop).
 ///
 /// The first fingerprint, taken when the stream is first polled, is the
-/// baseline. After that the stream yields one [`Change`] per tick at which
+/// baseline. After that the stream yields one [`Change`] per check at which
 /// the fingerprint moved (and commits it), and an error when a check fails,
 /// once per distinct error: a file that stays missing is reported once, and
-/// again only after a successful check. It never ends.
+/// again only after a successful check. It never ends. Events only wake a
+/// check (see [`EventWatch`]); where they are unavailable, it polls, and
+/// [`Watch::detection`] says why.
 ///
 /// ```no_run
 /// use futures::StreamExt;
-/// use std::time::{Duration, Instant};
+/// use std::time::Duration;
 /// use tls_reload_detect::{watch, Composite, Strategy};
 /// # smol::block_on(async {
 /// let detector = Composite::from_paths(Strategy::Combined, ["tls.crt", "tls.key"]);
-/// let mut changes = watch(detector, Duration::from_secs(1));
+/// let mut changes = watch(detector, Duration::from_secs(10));
 /// while let Some(event) = changes.next().await {
 ///     match event {
 ///         Ok(change) => println!("changed: {:?}", change.paths()),
@@ -185,35 +189,32 @@ impl fmt::Debug for Watcher {
 /// # });
 /// ```
 pub fn watch(detector: impl Detector + 'static, interval: Duration) -> Watch {
-    struct State {
-        watcher: Watcher,
-        timer: Option<async_io::Timer>,
-        interval: Duration,
-        last_error: Option<String>,
-    }
-    let state = State {
+    watch_with(detector, interval, EventWatch::new())
+}
+
+/// [`watch`] without events: a check every `interval`, nothing else.
+pub fn poll(detector: impl Detector + 'static, interval: Duration) -> Watch {
+    watch_with(detector, interval, EventWatch::off("events off"))
+}
+
+/// [`watch`] with the given event watch ([`EventWatch::off`] to poll only).
+pub fn watch_with(
+    detector: impl Detector + 'static,
+    interval: Duration,
+    events: EventWatch,
+) -> Watch {
+    let detection = Arc::new(Mutex::new(events.detection().clone()));
+    let state = WatchState {
         watcher: Watcher::new(detector),
-        timer: None,
+        events: Some(events),
+        primed: false,
         interval,
         last_error: None,
+        detection: detection.clone(),
     };
     let inner = stream::unfold(state, |mut state| async move {
         loop {
-            let result = match state.timer.as_mut() {
-                None => {
-                    let primed = state.watcher.prime().await.map(|_| None);
-                    state.timer = Some(async_io::Timer::after(state.interval));
-                    primed
-                }
-                Some(timer) => {
-                    (&mut *timer).await;
-                    let checked = state.watcher.check().await;
-                    // Re-armed after the check: a slow check delays the next
-                    // one instead of leaving missed ticks to fire back to back.
-                    timer.set_after(state.interval);
-                    checked
-                }
-            };
+            let result = state.next_check().await;
             match result {
                 Ok(change) => {
                     state.last_error = None;
@@ -233,13 +234,71 @@ pub fn watch(detector: impl Detector + 'static, interval: Duration) -> Watch {
         }
     })
     .boxed();
-    Watch { inner }
+    Watch { inner, detection }
+}
+
+struct WatchState {
+    watcher: Watcher,
+    /// Taken out while it is re-armed on the blocking pool.
+    events: Option<EventWatch>,
+    primed: bool,
+    interval: Duration,
+    last_error: Option<String>,
+    detection: Arc<Mutex<Detection>>,
+}
+
+impl WatchState {
+    /// The baseline first; then, after the next wake-up, a check.
+    async fn next_check(&mut self) -> Result<Option<Change>, DetectError> {
+        if !self.primed {
+            self.primed = true;
+            let primed = self.watcher.prime().await.map(|_| None);
+            self.rearm().await;
+            return primed;
+        }
+        if let Some(events) = self.events.as_mut() {
+            events.wait(Instant::now() + self.interval).await;
+        }
+        let checked = self.watcher.check().await;
+        self.rearm().await;
+        checked
+    }
+
+    /// Re-arms the event watch off the executor (a swap may have changed
+    /// which directories matter).
+    async fn rearm(&mut self) {
+        let Some(mut events) = self.events.take() else {
+            return;
+        };
+        let paths = self.watcher.detector().watched_paths();
+        let events = blocking::unblock(move || {
+            events.arm(&paths);
+            events
+        })
+        .await;
+        *self
+            .detection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = events.detection().clone();
+        self.events = Some(events);
+    }
 }
 
 /// The stream returned by [`watch`].
 #[must_use = "streams do nothing unless polled"]
 pub struct Watch {
     inner: BoxStream<'static, Result<Change, DetectError>>,
+    detection: Arc<Mutex<Detection>>,
+}
+
+impl Watch {
+    /// How changes are detected now: events, or poll only and why.
+    pub fn detection(&self) -> Detection {
+        self.detection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Stream for Watch {
@@ -252,7 +311,9 @@ impl Stream for Watch {
 
 impl fmt::Debug for Watch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Watch").finish_non_exhaustive()
+        f.debug_struct("Watch")
+            .field("detection", &self.detection())
+            .finish_non_exhaustive()
     }
 }
 
