@@ -1,8 +1,9 @@
-//! Run with: cargo run --example watch_files -- [--interval-ms N] [--detector hash|metadata|combined] PATH...
+//! Run with: cargo run --example watch_files -- [--interval-ms N] [--detector hash|metadata|combined] [--events on|off] PATH...
 //! Watches files and directories on smol with `tls_reload::detect` alone, printing `changed: PATH[, PATH...]` per change and `error: MESSAGE` per error.
 //!
-//! Options: `--interval-ms N` (default 1000) and `--detector` (default
-//! `combined`). Each line goes to stdout and is flushed at once, so another
+//! Options: `--interval-ms N` (default 1000), `--detector` (default
+//! `combined`) and `--events on|off` (default `on`: file-system events wake
+//! a check at once, the interval stays the backstop; `off` polls only). Each line goes to stdout and is flushed at once, so another
 //! program can read them as they come. Bad arguments exit with status 2 and a
 //! usage message on stderr.
 
@@ -13,15 +14,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tls_reload::detect::{watch, Composite, Strategy};
+use tls_reload::detect::{poll, watch, Composite, Strategy};
 
 const USAGE: &str =
-    "usage: watch_files [--interval-ms N] [--detector hash|metadata|combined] PATH...";
+    "usage: watch_files [--interval-ms N] [--detector hash|metadata|combined] [--events on|off] PATH...";
 
 #[derive(Debug)]
 struct Args {
     interval: Duration,
     strategy: Strategy,
+    events: bool,
     paths: Vec<PathBuf>,
 }
 
@@ -39,7 +41,11 @@ fn main() -> ExitCode {
     };
     smol::block_on(async {
         let detector = Composite::from_paths(args.strategy, &args.paths);
-        let mut events = watch(detector, args.interval);
+        let mut events = if args.events {
+            watch(detector, args.interval)
+        } else {
+            poll(detector, args.interval)
+        };
         while let Some(event) = events.next().await {
             let line = match event {
                 Ok(change) => format!("changed: {}", join(change.paths())),
@@ -63,6 +69,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Strin
     let mut parsed = Args {
         interval: Duration::from_secs(1),
         strategy: Strategy::Combined,
+        events: true,
         paths: Vec::new(),
     };
     let mut args = args.into_iter();
@@ -102,6 +109,13 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Strin
             }
             "--detector" => {
                 parsed.strategy = value()?.parse().map_err(|e| format!("--detector: {e}"))?;
+            }
+            "--events" => {
+                parsed.events = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--events: expected on or off, not {other:?}")),
+                };
             }
             _ => return Err(format!("unknown option {text:?}")),
         }

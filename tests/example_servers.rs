@@ -260,6 +260,7 @@ fn bad_arguments_exit_with_usage() {
         for args in [
             &["--key", "k"][..],
             &["--cert", "c", "--key", "k", "--detector", "inotify"],
+            &["--cert", "c", "--key", "k", "--events", "maybe"],
             &["--bogus"],
         ] {
             let output = run_to_exit(name, args);
@@ -416,6 +417,7 @@ fn watch_files_prints_a_line_per_change_and_per_error() {
         &[][..],
         &["--detector", "inotify", "x"],
         &["--interval-ms", "0", "x"],
+        &["--events", "maybe", "x"],
     ] {
         let output = Command::new(example("watch_files"))
             .args(args)
@@ -423,4 +425,71 @@ fn watch_files_prints_a_line_per_change_and_per_error() {
             .expect("run");
         assert_eq!(output.status.code(), Some(2), "watch_files {args:?}");
     }
+}
+
+#[test]
+fn the_events_flag_decides_whether_a_rotation_is_seen_before_the_interval() {
+    // An hour between polls: with events on, a rotation is applied at once;
+    // with events off, not within half a second.
+    for (name, events) in [
+        ("smol_server", "on"),
+        ("async_std_server", "on"),
+        ("smol_server", "off"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("CA");
+        let (first, second) = (ca.leaf(0x1801), ca.leaf(0x1802));
+        let materials = write_pair(dir.path(), &first);
+        let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
+        let server = Server::start(
+            name,
+            &[
+                "--cert",
+                cert,
+                "--key",
+                key,
+                "--interval-ms",
+                "3600000",
+                "--events",
+                events,
+            ],
+        );
+        // The reloader arms its watches as it starts.
+        std::thread::sleep(Duration::from_millis(100));
+        if events == "on" {
+            rotate_expecting_generation_2(&server, &materials, &second, name);
+            continue;
+        }
+        write_atomic(materials.key(), second.key_pem());
+        write_atomic(materials.cert(), second.cert_pem());
+        std::thread::sleep(Duration::from_millis(500));
+        let lines = server.drain();
+        assert!(
+            !lines.iter().any(|line| line.starts_with("reload ")),
+            "{name} --events off reloaded before the interval: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn watch_files_with_events_reports_a_change_before_the_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tls.crt");
+    std::fs::write(&file, "one").expect("write");
+    let watch = spawn(
+        "watch_files",
+        &[
+            "--interval-ms",
+            "3600000",
+            "--events",
+            "on",
+            path_str(&file),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&file, "two").expect("write");
+    assert_eq!(
+        watch.expect_line("changed: "),
+        format!("changed: {}", file.display())
+    );
 }

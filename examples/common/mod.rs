@@ -14,7 +14,7 @@ use tls_reload::detect::Strategy;
 pub(crate) const USAGE: &str = "\
 usage: --cert FILE --key FILE [--client-ca FILE] [--client-ca-dir DIR] [--interval-ms N (default 1000)]
        [--listen ADDR (default 127.0.0.1:8443; port 0 picks one)] [--detector hash|metadata|combined (default combined)]
-       [--handshake-timeout-ms N (default 10000)]";
+       [--handshake-timeout-ms N (default 10000)] [--events on|off (default on)]";
 
 /// The parsed command line.
 #[derive(Debug)]
@@ -27,6 +27,8 @@ pub(crate) struct Args {
     pub(crate) listen: SocketAddr,
     pub(crate) detector: Strategy,
     pub(crate) handshake_timeout: Duration,
+    /// Whether file-system events wake a check (the interval stays the backstop).
+    pub(crate) events: bool,
 }
 
 impl Args {
@@ -55,6 +57,7 @@ impl Args {
         let mut listen = "127.0.0.1:8443".to_owned();
         let mut detector = Strategy::Combined;
         let mut handshake_timeout = Duration::from_millis(10_000);
+        let mut events = true;
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -86,6 +89,7 @@ impl Args {
                 "--handshake-timeout-ms" => handshake_timeout = millis(value()?)?,
                 "--listen" => listen = value()?,
                 "--detector" => detector = value()?.parse().map_err(|e| format!("{e}"))?,
+                "--events" => events = on_off(&flag, value()?)?,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -109,6 +113,7 @@ impl Args {
             listen,
             detector,
             handshake_timeout,
+            events,
         }))
     }
 
@@ -118,6 +123,7 @@ impl Args {
         let mut builder = ReloadingAcceptor::from_files(&self.cert, &self.key)
             .interval(self.interval)
             .strategy(self.detector)
+            .events(self.events)
             .handshake_timeout(self.handshake_timeout);
         if let Some(file) = &self.client_ca {
             builder = builder.client_ca(file);
@@ -126,6 +132,15 @@ impl Args {
             builder = builder.client_ca_dir(dir);
         }
         builder
+    }
+}
+
+/// `on` or `off`, for `flag`.
+pub(crate) fn on_off(flag: &str, value: String) -> Result<bool, String> {
+    match value.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{flag}: expected on or off, not {value:?}")),
     }
 }
 

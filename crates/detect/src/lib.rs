@@ -8,9 +8,12 @@
 //! watches; a change is a fingerprint that differs from the one you last
 //! **committed** (see [`Watcher`]).
 //!
-//! Paths are polled, not watched with inotify: a poll that follows symlinks
-//! sees an atomic rename, a retargeted symlink and a bind mount alike, which
-//! is where event-based watchers have lost updates.
+//! A poll that follows symlinks is the reliable base: it sees an atomic
+//! rename, a retargeted symlink and a bind mount alike, which is where
+//! event-only watchers have lost updates. File-system events
+//! ([`EventWatch`], inotify on Linux) make it fast: they wake a check at
+//! once, and the fingerprint decides; the poll stays as the backstop
+//! ([`watch`] uses both, [`poll`] the poll alone).
 //!
 //! # Strategies
 //!

@@ -11,7 +11,7 @@ use tls_reload_acceptor::{Builder, ReloadingAcceptor};
 pub(crate) const USAGE: &str = "\
 usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
                         [--client-ca FILE] [--client-ca-dir DIR] [--interval DURATION]
-                        [--status ADDR] [--max-connections N] [--handshake-timeout DURATION]
+                        [--events on|off] [--status ADDR] [--max-connections N] [--handshake-timeout DURATION]
                         [--connect-timeout DURATION] [--drain-timeout DURATION] [--threads N]
        tls-reload-proxy --help";
 
@@ -37,6 +37,8 @@ options:
   --client-ca-dir DIR        require client certificates signed by a CA in one of
                              this directory's files (combines with --client-ca)
   --interval DURATION        how often the files are checked for changes [default: 1s]
+  --events on|off            on: file-system events (inotify) wake a check at once,
+                             with --interval as the backstop; off: poll only [default: on]
   --status ADDR              serve plain HTTP on ADDR: GET /status (JSON) and
                              GET /metrics (Prometheus text format)
   --max-connections N        most client connections open at once, handshakes
@@ -86,6 +88,8 @@ pub(crate) struct Args {
     pub(crate) client_ca_dir: Option<PathBuf>,
     /// How often the files are checked.
     pub(crate) interval: Duration,
+    /// Whether file-system events wake a check.
+    pub(crate) events: bool,
     /// Where the status page listens, if anywhere.
     pub(crate) status: Option<SocketAddr>,
     /// The most client connections open at once.
@@ -134,6 +138,7 @@ impl Args {
     pub(crate) fn acceptor(&self) -> Builder {
         let mut builder = ReloadingAcceptor::from_files(&self.cert, &self.key)
             .interval(self.interval)
+            .events(self.events)
             .handshake_timeout(self.handshake_timeout);
         if let Some(file) = &self.client_ca {
             builder = builder.client_ca(file);
@@ -215,6 +220,7 @@ struct Raw {
     client_ca: Option<String>,
     client_ca_dir: Option<String>,
     interval: Option<String>,
+    events: Option<String>,
     status: Option<String>,
     max_connections: Option<String>,
     handshake_timeout: Option<String>,
@@ -233,6 +239,7 @@ impl Raw {
             "--client-ca" => &mut self.client_ca,
             "--client-ca-dir" => &mut self.client_ca_dir,
             "--interval" => &mut self.interval,
+            "--events" => &mut self.events,
             "--status" => &mut self.status,
             "--max-connections" => &mut self.max_connections,
             "--handshake-timeout" => &mut self.handshake_timeout,
@@ -261,6 +268,11 @@ impl Raw {
             client_ca: self.client_ca.map(PathBuf::from),
             client_ca_dir: self.client_ca_dir.map(PathBuf::from),
             interval: positive("--interval", self.interval, Duration::from_secs(1))?,
+            events: match self.events.as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => return Err(format!("--events: expected on or off, not {other:?}")),
+            },
             status: self
                 .status
                 .map(|status| socket_addr("--status", &status))

@@ -77,6 +77,7 @@ pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
         "reloads_failed": status.reloads_failed,
         "last_error": status.last_error,
         "last_error_at": status.last_error_at.map(unix_seconds),
+        "detection": status.detection.to_string(),
         "leaf": {
             "serial": leaf.serial_hex(),
             "subject": leaf.subject,
@@ -95,7 +96,7 @@ pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
 
 /// The `/metrics` page in the Prometheus text format, version 0.0.4.
 pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
-    let metrics: [(&str, &str, &str, i128); 8] = [
+    let metrics: [(&str, &str, &str, i128); 9] = [
         (
             "tls_reload_reloads_applied_total",
             "counter",
@@ -119,6 +120,12 @@ pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
             "gauge",
             "Unix time the certificate now served expires.",
             unix_seconds(status.leaf.not_after).into(),
+        ),
+        (
+            "tls_reload_detection_events",
+            "gauge",
+            "1 when file-system events wake the checks, 0 when they poll only (see /status).",
+            i128::from(status.detection.is_events()),
         ),
         (
             "tls_reload_connections_active",
