@@ -107,7 +107,18 @@ impl Names {
 }
 
 /// Watches what can change what a set of paths resolves to, and wakes a
-/// check when it moves. See the [module docs](self).
+/// check when it moves.
+///
+/// An event never decides anything: it makes the caller take a fingerprint
+/// now instead of at the next tick, and the fingerprint says whether
+/// anything changed, so a missed, duplicated or unrelated event costs at
+/// most one check. Watched, for each path: the directory that holds it
+/// (only the names that matter there wake a check), the directory of every
+/// symlink hop (`tls.crt -> ..data/tls.crt`, `..data -> ..2026_...`), every
+/// entry of a watched directory, and the nearest existing ancestor of a
+/// directory that is gone, until it comes back. Re-arm after every check.
+/// On Linux the backend is inotify (no thread, nothing tied to a runtime);
+/// elsewhere detection is poll only, as [`detection`](Self::detection) says.
 ///
 /// ```no_run
 /// use std::time::{Duration, Instant};
