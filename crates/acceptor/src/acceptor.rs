@@ -13,7 +13,7 @@ use futures::{FutureExt, Stream};
 use futures_rustls::server::TlsStream;
 use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
-use tls_reload_detect::{Detector, Strategy};
+use tls_reload_detect::{Detector, Strategy, Wake};
 
 use crate::deadline::{Deadline, Deadlines};
 use crate::shared::{Reconfigure, Settings, Shared, Start};
@@ -189,21 +189,28 @@ async fn run_reloader(
     loop {
         // The poll is re-armed after each check rather than on a fixed
         // beat, which would fire missed ticks back to back after a slow one.
-        let stopped = {
+        let wake = {
             let wake = events.wait(Instant::now() + interval);
             let stop = alive.recv();
             futures::pin_mut!(wake, stop);
-            matches!(future::select(wake, stop).await, Either::Right(_))
+            match future::select(wake, stop).await {
+                Either::Left((wake, _)) => wake,
+                Either::Right(_) => {
+                    tracing::debug!("acceptor dropped; reloader stops");
+                    return;
+                }
+            }
         };
-        if stopped {
-            tracing::debug!("acceptor dropped; reloader stops");
-            return;
-        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        shared.tick().await;
-        events = shared.rearm(events).await;
+        let quiet = shared.tick().await;
+        // What the paths resolve to can only have moved if something did:
+        // an idle poll costs what it costs without events.
+        let moved = !quiet || wake == Wake::Event || !events.detection().is_events();
+        if events.has_backend() && moved {
+            events = shared.rearm(events).await;
+        }
     }
 }
 

@@ -355,14 +355,19 @@ impl Shared {
     }
 
     /// One reloader tick: detect, and on a change build and apply.
-    pub(crate) async fn tick(&self) {
+    ///
+    /// Returns whether the files were exactly those served: nothing moved.
+    pub(crate) async fn tick(&self) -> bool {
         let detector = self.state().watcher.detector().clone();
         let fingerprint = match settled_fingerprint(&*detector).await {
             Ok(fingerprint) => fingerprint,
-            Err(error) => return self.record_failure(error.into(), None, false),
+            Err(error) => {
+                self.record_failure(error.into(), None, false);
+                return false;
+            }
         };
         let Some(news) = self.observe(&detector, fingerprint.clone()) else {
-            return;
+            return self.state().watcher.committed() == Some(&fingerprint);
         };
         match news {
             Some(paths) => {
@@ -372,6 +377,7 @@ impl Shared {
             None => tracing::debug!("retrying files that failed to build"),
         }
         self.build_settled(&detector, fingerprint).await;
+        false
     }
 
     /// Hands a fingerprint to the watcher. `None`: nothing to build (no

@@ -203,6 +203,12 @@ impl EventWatch {
         &self.detection
     }
 
+    /// Whether there is an event backend to arm (false when events are off
+    /// or this platform has none: [`arm`](Self::arm) then does nothing).
+    pub fn has_backend(&self) -> bool {
+        !matches!(self.backend, Backend::Off)
+    }
+
     /// Watches what can change what `paths` resolve to, dropping watches
     /// that no longer matter. Call it after every check: a symlink swap or
     /// a directory that came back changes the set. A watch that cannot be

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 
-use crate::{Change, DetectError, Detection, Detector, EventWatch, Fingerprint};
+use crate::{Change, DetectError, Detection, Detector, EventWatch, Fingerprint, Wake};
 
 /// A detector plus the fingerprint that was last **committed**.
 ///
@@ -256,18 +256,27 @@ impl WatchState {
             self.rearm().await;
             return primed;
         }
-        if let Some(events) = self.events.as_mut() {
-            events.wait(Instant::now() + self.interval).await;
-        }
+        let wake = match self.events.as_mut() {
+            Some(events) => events.wait(Instant::now() + self.interval).await,
+            None => Wake::Poll,
+        };
         let checked = self.watcher.check().await;
-        self.rearm().await;
+        // What the paths resolve to can only have moved if something did:
+        // an idle poll costs what it costs without events.
+        let events_on = self
+            .events
+            .as_ref()
+            .is_some_and(|e| e.detection().is_events());
+        if wake == Wake::Event || !matches!(checked, Ok(None)) || !events_on {
+            self.rearm().await;
+        }
         checked
     }
 
     /// Re-arms the event watch off the executor (a swap may have changed
     /// which directories matter).
     async fn rearm(&mut self) {
-        let Some(mut events) = self.events.take() else {
+        let Some(mut events) = self.events.take_if(|events| events.has_backend()) else {
             return;
         };
         let paths = self.watcher.detector().watched_paths();
