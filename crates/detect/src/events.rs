@@ -400,11 +400,15 @@ mod inotify {
         fail_with: Option<String>,
     }
 
+    /// What moves a name: created, deleted, renamed, written and closed,
+    /// attributes changed; and the directory itself deleted or moved.
+    /// Not `MODIFY`: a writer's every `write` would wake a check of a file
+    /// still half written, and its `CLOSE_WRITE` comes when it is whole (a
+    /// writer that never closes is seen by the poll).
     const FLAGS: WatchFlags = WatchFlags::CREATE
         .union(WatchFlags::DELETE)
         .union(WatchFlags::MOVED_FROM)
         .union(WatchFlags::MOVED_TO)
-        .union(WatchFlags::MODIFY)
         .union(WatchFlags::CLOSE_WRITE)
         .union(WatchFlags::ATTRIB)
         .union(WatchFlags::DELETE_SELF)
