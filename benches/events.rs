@@ -166,46 +166,63 @@ async fn wait_applied(
     }
 }
 
-/// Idle CPU over a stretch with no change, events on and off, at an
-/// interval short enough to count many checks; per hour at [`INTERVAL`].
+/// Idle CPU over a stretch with no change, events on and off in turn over
+/// a few rounds (the order alternates), at an interval short enough to
+/// count many checks; per hour at [`INTERVAL`].
 async fn idle(scale: u32) -> anyhow::Result<()> {
-    let checks = 200 / scale;
+    let checks = 100 / scale;
+    let rounds = if scale > 1 { 2 } else { 4 };
     let interval = Duration::from_millis(50);
     println!(
-        "\n2. idle: {checks} checks of an unchanged pair at {} ms, events on vs off (CPU of this process)",
+        "\n2. idle: {rounds} rounds of {checks} checks of an unchanged pair at {} ms, events on and off in turn (CPU of this process)",
         interval.as_millis()
     );
-    let mut per_check = Vec::new();
-    for events in [true, false] {
-        let dir = tempfile::tempdir()?;
-        let ca = Ca::new("idle CA");
-        let acceptor = ReloadingAcceptor::builder(write_pair(dir.path(), &ca.leaf(0x3001)))
-            .interval(interval)
-            .events(events)
-            .build()
-            .await?;
-        smol::spawn(acceptor.reloader()).detach();
-        // Past the racy window: the steady state is measured.
-        Timer::after(Duration::from_millis(2100)).await;
-        let before = process_cpu_ns();
-        Timer::after(interval * checks).await;
-        let cpu = process_cpu_ns() - before;
-        let each = cpu as f64 / f64::from(checks);
-        per_check.push(each);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for events in if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            let each = idle_check_cpu(events, interval, checks).await?;
+            if events {
+                on.push(each);
+            } else {
+                off.push(each);
+            }
+        }
+    }
+    let (on, off) = (common::median(on), common::median(off));
+    for (name, each) in [("on", on), ("off", off)] {
         println!(
-            "   events {:<3}: {:.1} us CPU per check; at a {} s interval {:.3} s of CPU per hour",
-            if events { "on" } else { "off" },
+            "   events {name:<3}: median {:.1} us CPU per check; at a {} s interval {:.3} s of CPU per hour",
             each / 1e3,
             INTERVAL.as_secs(),
             each * (3600.0 / INTERVAL.as_secs_f64()) / 1e9,
         );
-        drop(acceptor);
     }
     println!(
         "   ratio on/off: {:.2} (budget: at most the same, within noise)",
-        per_check[0] / per_check[1]
+        on / off
     );
     Ok(())
+}
+
+/// CPU nanoseconds per idle check of one acceptor.
+async fn idle_check_cpu(events: bool, interval: Duration, checks: u32) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("idle CA");
+    let acceptor = ReloadingAcceptor::builder(write_pair(dir.path(), &ca.leaf(0x3001)))
+        .interval(interval)
+        .events(events)
+        .build()
+        .await?;
+    smol::spawn(acceptor.reloader()).detach();
+    // Past the racy window: the steady state is measured.
+    Timer::after(Duration::from_millis(2100)).await;
+    let before = process_cpu_ns();
+    Timer::after(interval * checks).await;
+    Ok((process_cpu_ns() - before) as f64 / f64::from(checks))
 }
 
 /// A writer process rewriting an unrelated file beside the pair 1,000
