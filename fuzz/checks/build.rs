@@ -98,6 +98,64 @@ pub(crate) fn materials(data: &[u8]) {
     }
 }
 
+/// The `materials_der` target: the DER under the PEM, so that mutations
+/// reach the X.509 and key parsers instead of mostly breaking the base64.
+/// The input is one byte choosing the key's label (`PRIVATE KEY`,
+/// `RSA PRIVATE KEY`, `EC PRIVATE KEY` by its value modulo 3), the
+/// certificate DER's length as two big-endian bytes, the certificate DER,
+/// then the key DER. Both are written out as PEM and go through the
+/// `materials` check.
+pub(crate) fn materials_der(data: &[u8]) {
+    materials(&der_as_materials(data));
+}
+
+/// A `materials_der` input as the `materials` input it stands for.
+pub(crate) fn der_as_materials(data: &[u8]) -> Vec<u8> {
+    let (label, rest) = match data.split_first() {
+        Some((&selector, rest)) => (
+            ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"][usize::from(selector % 3)],
+            rest,
+        ),
+        None => ("PRIVATE KEY", data),
+    };
+    let (cert, key) = match rest {
+        [high, low, rest @ ..] => {
+            rest.split_at(usize::from(u16::from_be_bytes([*high, *low])).min(rest.len()))
+        }
+        _ => (rest, &[][..]),
+    };
+    let mut out = pem("CERTIFICATE", cert);
+    out.push(SEPARATOR);
+    out.extend(pem(label, key));
+    out
+}
+
+/// `der` as one PEM section, 64 base64 characters a line.
+fn pem(label: &str, der: &[u8]) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut base64 = Vec::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                base64.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]);
+            } else {
+                base64.push(b'=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n").into_bytes();
+    for line in base64.chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend(format!("-----END {label}-----\n").bytes());
+    out
+}
+
 /// The materials a `materials` input describes, and their names.
 fn material_bytes(data: &[u8]) -> (MaterialBytes, Vec<String>) {
     let mut parts = data.split(|&b| b == SEPARATOR);

@@ -15,6 +15,38 @@
 #   proxy_args/, example_args/   command-line arguments separated by NUL
 set -euo pipefail
 cd "$(dirname "$0")"
+
+# materials_der/ from the materials/ seeds: the first certificate's DER and
+# the key's DER (see der_as_materials in fuzz/checks/build.rs). Run alone
+# with `generate.sh der` to redo only these.
+der_seeds() {
+    rm -rf materials_der
+    mkdir -p materials_der
+    python3 - <<'PY'
+import base64, os, re
+labels = {"PRIVATE KEY": 0, "RSA PRIVATE KEY": 1, "EC PRIVATE KEY": 2}
+seen = set()
+# Sorted so that the plain seeds keep their names over the variants.
+for name in sorted(os.listdir("materials"), key=lambda n: (n in ("both-in-one", "text-around", "chain-bundle"), n)):
+    parts = open(os.path.join("materials", name), "rb").read().split(b"\0")
+    sections = lambda pem: re.findall(rb"-----BEGIN ([A-Z ]+)-----\r?\n(.*?)-----END", pem, re.S)
+    certs = [base64.b64decode(body) for label, body in sections(parts[0]) if label == b"CERTIFICATE"]
+    keys = [(labels[label.decode()], base64.b64decode(body)) for label, body in sections(parts[1]) if label.decode() in labels]
+    if not certs or not keys:
+        continue
+    cert, (selector, key) = certs[0], keys[0]
+    seed = bytes([selector]) + len(cert).to_bytes(2, "big") + cert + key
+    if seed in seen:
+        continue
+    seen.add(seed)
+    with open(os.path.join("materials_der", name), "wb") as out:
+        out.write(seed)
+PY
+}
+if [ "${1:-}" = der ]; then
+    der_seeds
+    exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ossl() { openssl "$@" 2>/dev/null; }
@@ -79,6 +111,7 @@ cat "$work/ec.key" "$work/ec.crt" >"$work/both.pem"
 join materials/both-in-one "$work/both.pem" "$work/both.pem"
 printf -- '-----BEGIN CERTIFICATE-----\r\nMIIB\r\n-----END CERTIFICATE-----\r\n' >"$work/crlf.crt"
 join materials/crlf-short "$work/crlf.crt" "$work/ec.key"
+der_seeds
 
 # The fixed identity the ca_dir target serves while its CA files are fuzzed.
 mkdir -p ../fixtures
@@ -102,6 +135,13 @@ printf 'GET / HTTP/1.1\r\n\r\n' >status_request/root
 printf 'HEAD /metrics HTTP/1.1\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n' >status_request/head
 printf 'POST /status HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}' >status_request/post
 printf 'GET /metrics?x=1 HTTP/1.1\n\n' >status_request/bare-lf
+# Heads at the page's 8 KiB limit: one without a blank line (431), one whose
+# blank line straddles the limit (431 too), one whose blank line ends at it.
+pad() { head -c "$1" /dev/zero | tr '\0' a; }
+start='GET /status HTTP/1.1\r\nX-Pad: ' # 29 bytes
+{ printf "$start"; pad 8200; } >status_request/too-large
+{ printf "$start"; pad $((8190 - 29)); printf '\r\n\r\n'; } >status_request/straddles-limit
+{ printf "$start"; pad $((8188 - 29)); printf '\r\n\r\n'; } >status_request/ends-at-limit
 
 args() { # out args... (NUL between args)
     local out=$1

@@ -90,3 +90,29 @@ fn the_checks_echo_is_not_a_leak() {
     .expect("saved input");
     checks::materials(&input);
 }
+
+#[test]
+fn materials_der_seeds_and_regressions() {
+    let n = replay::replay(&fuzz_dir(), "materials_der", checks::materials_der);
+    assert!(n >= 5, "only {n} materials_der inputs");
+}
+
+/// The DER seeds, written back out as PEM, build: the target's PEM writer
+/// is right, and the fuzzer starts from materials that get all the way.
+#[test]
+fn der_seeds_build() {
+    let template = tls_reload_build::Template::new(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .check_validity(false);
+    for name in ["ec-pkcs8", "ec-sec1", "rsa-pkcs1", "ed25519", "chain-mtls"] {
+        let seed = std::fs::read(fuzz_dir().join("seeds/materials_der").join(name)).expect("seed");
+        let pem = checks::der_as_materials(&seed);
+        let mut parts = pem.split(|&b| b == checks::SEPARATOR);
+        let (cert, key) = (parts.next().expect("cert"), parts.next().expect("key"));
+        let bytes = tls_reload_build::MaterialBytes::new("cert.pem", cert, "key.pem", key);
+        if let Err(e) = tls_reload_build::build_from_bytes(&bytes, &template, None) {
+            panic!("{name}: {e}");
+        }
+    }
+}

@@ -29,3 +29,19 @@ fn proxy_args_seeds_and_regressions() {
     let n = replay::replay(&fuzz_dir(), "proxy_args", checks::proxy_args);
     assert!(n >= 3, "only {n} proxy_args inputs");
 }
+
+/// The seeds at the page's 8 KiB head limit are answered as the limit
+/// says: a head that ends within it is routed, one whose blank line
+/// straddles it or that has none is too large.
+#[test]
+fn the_head_limit_seeds_route_as_documented() {
+    let route = |name: &str| {
+        let bytes =
+            std::fs::read(fuzz_dir().join("seeds/status_request").join(name)).expect("seed");
+        tls_reload_proxy::fuzzing::parse_status_request(&bytes).route
+    };
+    assert_eq!(route("ends-at-limit"), "Status");
+    assert_eq!(route("straddles-limit"), "TooLarge");
+    assert_eq!(route("too-large"), "TooLarge");
+    assert_eq!(route("post"), "MethodNotAllowed");
+}
