@@ -6,16 +6,16 @@
 # fuzz/artifacts/<target>/: copy it to fuzz/regressions/<target>/, where the
 # stable `cargo test` replays it. Needs nightly and `cargo install cargo-fuzz`.
 #
-#   fuzz/run.sh            # all five targets, 300 s each
+#   fuzz/run.sh            # every target, 300 s each
 #   SECONDS_PER_TARGET=60 fuzz/run.sh materials ca_dir
 set -uo pipefail
 cd "$(dirname "$0")"
 seconds=${SECONDS_PER_TARGET:-300}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(materials ca_dir status_request proxy_args example_args)
+[ ${#targets[@]} -gt 0 ] || targets=(materials materials_der ca_dir status_request proxy_args example_args)
 max_len() {
     case $1 in
-        materials | ca_dir) echo 8192 ;;
+        materials | materials_der | ca_dir) echo 8192 ;;
         status_request) echo 10240 ;; # past the page's 8 KiB head limit
         *) echo 512 ;;
     esac
