@@ -493,3 +493,39 @@ fn watch_files_with_events_reports_a_change_before_the_interval() {
         format!("changed: {}", file.display())
     );
 }
+
+#[test]
+fn the_servers_print_when_the_served_certificate_expires_soon_and_when_it_expired() {
+    // Valid from 5 s ago to 5 s from now: the default window (the last
+    // third) opens about 1.7 s after start, the expiry 5 s after.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("CA");
+    let now = time::OffsetDateTime::now_utc();
+    let leaf = ca.leaf_with(0x1901, tls_reload_testkit::new_key(), |params| {
+        params.not_before = now - time::Duration::seconds(5);
+        params.not_after = now + time::Duration::seconds(5);
+    });
+    let materials = write_pair(dir.path(), &leaf);
+    let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
+    let server = Server::start(
+        "smol_server",
+        &["--cert", cert, "--key", key, "--interval-ms", "50"],
+    );
+    let not_after = tls_reload::build::LeafInfo::from_der(leaf.cert.der())
+        .expect("parse")
+        .not_after_rfc3339();
+    assert_eq!(
+        server.expect_line("certificate expires soon: "),
+        format!(
+            "certificate expires soon: serial={} not_after={not_after}",
+            leaf.serial_hex()
+        )
+    );
+    assert_eq!(
+        server.expect_line("certificate expired: "),
+        format!(
+            "certificate expired: serial={} not_after={not_after}",
+            leaf.serial_hex()
+        )
+    );
+}

@@ -171,12 +171,16 @@ pub(crate) fn say(line: std::fmt::Arguments<'_>) {
     let _ = stdout.flush();
 }
 
-/// Prints one stdout line per applied or failed reload.
+/// Prints one stdout line per applied or failed reload, and per expiry
+/// warning (`certificate expires soon: ...`, `certificate expired: ...`).
 pub(crate) async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> + Unpin) {
     while let Some(event) = events.next().await {
         if matches!(
             event,
-            ReloadEvent::Applied { .. } | ReloadEvent::Failed { .. }
+            ReloadEvent::Applied { .. }
+                | ReloadEvent::Failed { .. }
+                | ReloadEvent::ExpiresSoon { .. }
+                | ReloadEvent::Expired { .. }
         ) {
             say(format_args!("{event}"));
         }

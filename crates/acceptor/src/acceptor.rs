@@ -18,7 +18,7 @@ use tls_reload_detect::{Detector, Strategy, Wake};
 use crate::deadline::{Deadline, Deadlines};
 use crate::shared::{Reconfigure, Settings, Shared, Start};
 use crate::source::DetectorSource;
-use crate::{Events, Incoming, ReloadError, Status};
+use crate::{Events, ExpiryWindow, Incoming, ReloadError, Status};
 
 /// How often the reloader checks the files unless told otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -59,6 +59,7 @@ impl ReloadingAcceptor {
                 retry_interval: DEFAULT_RETRY_INTERVAL,
                 handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
                 events: true,
+                expiry_window: ExpiryWindow::default(),
                 #[cfg(feature = "test-util")]
                 event_failure: None,
                 #[cfg(feature = "test-util")]
@@ -185,6 +186,7 @@ async fn run_reloader(
         return;
     };
     let mut events = strong.rearm(strong.event_watch()).await;
+    strong.check_expiry();
     drop(strong);
     loop {
         // The poll is re-armed after each check rather than on a fixed
@@ -205,6 +207,7 @@ async fn run_reloader(
             return;
         };
         let quiet = shared.tick().await;
+        shared.check_expiry();
         // What the paths resolve to can only have moved if something did:
         // an idle poll costs what it costs without events.
         let moved = !quiet || wake == Wake::Event || !events.detection().is_events();
@@ -260,6 +263,18 @@ impl Builder {
     /// which and why.
     pub fn events(mut self, on: bool) -> Self {
         self.settings.events = on;
+        self
+    }
+
+    /// When a served certificate (the leaf, or a client CA) is reported as
+    /// expiring soon: a [`ReloadEvent::ExpiresSoon`](crate::ReloadEvent::ExpiresSoon)
+    /// and a warning, once per certificate per crossing; past its
+    /// not-after while still served, a `ReloadEvent::Expired` and an error,
+    /// then at most hourly. Checked by the reloader at every interval,
+    /// whether or not a file changed. Default: the last third of the
+    /// certificate's lifetime.
+    pub fn expiry_warning(mut self, window: ExpiryWindow) -> Self {
+        self.settings.expiry_window = window;
         self
     }
 

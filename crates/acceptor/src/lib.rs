@@ -75,6 +75,7 @@
 mod acceptor;
 mod deadline;
 mod error;
+mod expiry;
 mod incoming;
 mod log_limit;
 mod shared;
@@ -86,6 +87,7 @@ pub use acceptor::{
     DEFAULT_INTERVAL, DEFAULT_RETRY_INTERVAL,
 };
 pub use error::ReloadError;
+pub use expiry::{CertKind, ExpiryWindow};
 pub use incoming::{Incoming, DEFAULT_MAX_HANDSHAKES};
 pub use log_limit::{Admission, LogLimit, Suppressed, DEFAULT_LOG_BUDGET, DEFAULT_LOG_WINDOW};
 pub use status::{Events, ReloadEvent, SkipReason, Status};

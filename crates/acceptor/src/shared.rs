@@ -55,7 +55,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
@@ -68,8 +68,9 @@ use engine::Order;
 
 use crate::deadline::Deadlines;
 use crate::error::Cause;
+use crate::expiry::{Due, Expiry};
 use crate::source::DetectorSource;
-use crate::{ReloadEvent, Status};
+use crate::{CertKind, ExpiryWindow, ReloadEvent, Status};
 
 /// What a reconfiguration changes; the other half is taken as it stands
 /// when the reconfiguration takes its ticket.
@@ -85,6 +86,8 @@ pub(crate) struct Settings {
     pub(crate) handshake_timeout: Option<Duration>,
     /// Whether file-system events wake the reloader's checks.
     pub(crate) events: bool,
+    /// When a served certificate is reported as expiring soon.
+    pub(crate) expiry_window: ExpiryWindow,
     /// Makes every event watch fail to be added (a test hook).
     #[cfg(feature = "test-util")]
     pub(crate) event_failure: Option<String>,
@@ -135,6 +138,8 @@ struct State {
     skip_reported: bool,
     /// How the reloader detects changes: events, or poll only and why.
     detection: Detection,
+    /// What was reported of the served certificates' expiry.
+    expiry: Expiry,
 }
 
 pub(crate) struct Start {
@@ -203,6 +208,7 @@ impl Shared {
                 last_failure: None,
                 skip_reported: false,
                 detection: no_reloader(),
+                expiry: Expiry::new(start.settings.expiry_window),
             }),
             subscribers: Mutex::new(Vec::new()),
             deadlines: start.settings.handshake_timeout.map(Deadlines::new),
@@ -270,6 +276,41 @@ impl Shared {
         .await;
         self.state().detection = events.detection().clone();
         events
+    }
+
+    /// Reports served certificates that entered their warning window or
+    /// are past their not-after (see [`Expiry`]).
+    pub(crate) fn check_expiry(&self) {
+        let due = {
+            let mut state = self.state();
+            let current = state.current.clone();
+            let certs = [(CertKind::Leaf, current.leaf())];
+            state
+                .expiry
+                .check(&certs, SystemTime::now(), Instant::now())
+        };
+        for Due {
+            kind,
+            cert,
+            expired,
+        } in due
+        {
+            let (serial, not_after) = (cert.serial_hex(), cert.not_after_rfc3339());
+            let event = if expired {
+                tracing::error!(%kind, %serial, %not_after, subject = %cert.subject, "certificate expired and still served: nothing valid replaced it");
+                ReloadEvent::Expired {
+                    kind,
+                    certificate: cert,
+                }
+            } else {
+                tracing::warn!(%kind, %serial, %not_after, subject = %cert.subject, "certificate expires soon: renew it");
+                ReloadEvent::ExpiresSoon {
+                    kind,
+                    certificate: cert,
+                }
+            };
+            self.emit(event);
+        }
     }
 
     pub(crate) fn current(&self) -> Arc<Built> {

@@ -8,7 +8,7 @@ use futures::Stream;
 use tls_reload_build::{LeafInfo, Materials, Resumption};
 use tls_reload_detect::Detection;
 
-use crate::ReloadError;
+use crate::{CertKind, ReloadError};
 
 /// A snapshot of the reload state, for a status page or a health check.
 ///
@@ -98,12 +98,31 @@ pub enum ReloadEvent {
         /// Why.
         reason: SkipReason,
     },
+    /// A served certificate entered its warning window (see
+    /// [`Builder::expiry_warning`](crate::Builder::expiry_warning)): renew
+    /// it. Reported once per certificate per crossing.
+    ExpiresSoon {
+        /// The served leaf, or a client CA.
+        kind: CertKind,
+        /// The certificate.
+        certificate: LeafInfo,
+    },
+    /// A certificate is past its not-after and still served: nothing valid
+    /// replaced it. Reported at once, then at most hourly.
+    Expired {
+        /// The served leaf, or a client CA.
+        kind: CertKind,
+        /// The certificate.
+        certificate: LeafInfo,
+    },
 }
 
 /// One line per event, as the example servers and the proxy print them:
 /// `reload applied generation=2 serial=0a1b`, `reload failed: MESSAGE`,
 /// `reload detected: PATH, PATH`, `reload built serial=0a1b`,
-/// `reload skipped: stale`.
+/// `reload skipped: stale`, `certificate expires soon: serial=0a1b
+/// not_after=2026-01-01T00:00:00Z`, `certificate expired: serial=0a1b
+/// not_after=2026-01-01T00:00:00Z` (`client CA certificate ...` for a CA).
 impl fmt::Display for ReloadEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -124,6 +143,18 @@ impl fmt::Display for ReloadEvent {
                 leaf.serial_hex()
             ),
             Self::Failed { error } => write!(f, "reload failed: {error}"),
+            Self::ExpiresSoon { kind, certificate } => write!(
+                f,
+                "{kind} expires soon: serial={} not_after={}",
+                certificate.serial_hex(),
+                certificate.not_after_rfc3339()
+            ),
+            Self::Expired { kind, certificate } => write!(
+                f,
+                "{kind} expired: serial={} not_after={}",
+                certificate.serial_hex(),
+                certificate.not_after_rfc3339()
+            ),
             Self::Skipped { reason } => match reason {
                 SkipReason::Stale => f.write_str("reload skipped: stale"),
                 SkipReason::KnownFailure => f.write_str("reload skipped: known failure"),

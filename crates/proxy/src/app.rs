@@ -166,7 +166,10 @@ async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> + Unpin) {
     while let Some(event) = events.next().await {
         if matches!(
             event,
-            ReloadEvent::Applied { .. } | ReloadEvent::Failed { .. }
+            ReloadEvent::Applied { .. }
+                | ReloadEvent::Failed { .. }
+                | ReloadEvent::ExpiresSoon { .. }
+                | ReloadEvent::Expired { .. }
         ) {
             say(format_args!("{event}"));
         }

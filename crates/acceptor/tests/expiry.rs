@@ -1,0 +1,136 @@
+//! Expiry warnings follow the certificate actually served, with no file
+//! change: a short-lived certificate crosses into its warning window, then
+//! past its not-after, while the test watches.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use tls_reload_acceptor::{CertKind, ExpiryWindow, ReloadEvent, ReloadingAcceptor, Template};
+
+/// A leaf valid from 5 s ago to 5 s from now: its last third (the default
+/// window) opens about 1.7 s from now.
+fn short_lived(ca: &Ca, serial: u16) -> Leaf {
+    let now = time::OffsetDateTime::now_utc();
+    ca.leaf_with(serial, new_key(), |params| {
+        params.not_before = now - time::Duration::seconds(5);
+        params.not_after = now + time::Duration::seconds(5);
+    })
+}
+
+#[test]
+fn a_served_certificate_warns_once_when_its_window_opens_then_reports_its_expiry(
+) -> anyhow::Result<()> {
+    Smol::block_on(async {
+        let dir = tempfile::tempdir()?;
+        let ca = Ca::new("expiry CA");
+        let leaf = short_lived(&ca, 0xe001);
+        let acceptor = ReloadingAcceptor::builder(write_pair(dir.path(), &leaf))
+            .template(Template::new(provider()))
+            .interval(Duration::from_millis(50))
+            .build()
+            .await?;
+        let mut events = acceptor.events();
+        let started = Instant::now();
+        let _reloader = spawn::<Smol, _>(acceptor.reloader());
+
+        let mut seen = Vec::new();
+        let deadline = Duration::from_secs(12);
+        while !seen
+            .iter()
+            .any(|(_, e): &(Duration, ReloadEvent)| matches!(e, ReloadEvent::Expired { .. }))
+        {
+            let next = timeout(deadline, async {
+                events
+                    .next()
+                    .await
+                    .ok_or_else(|| std::io::Error::other("events ended"))
+            })
+            .await?;
+            seen.push((started.elapsed(), next));
+        }
+        let soon: Vec<_> = seen
+            .iter()
+            .filter(|(_, e)| matches!(e, ReloadEvent::ExpiresSoon { .. }))
+            .collect();
+        assert_eq!(soon.len(), 1, "one warning per crossing: {seen:#?}");
+        let (warned_at, warning) = soon[0];
+        assert!(
+            *warned_at >= Duration::from_millis(500),
+            "warned at {warned_at:?}, before the window opened"
+        );
+        let ReloadEvent::ExpiresSoon { kind, certificate } = warning else {
+            unreachable!()
+        };
+        assert_eq!(*kind, CertKind::Leaf);
+        assert_eq!(certificate.serial_hex(), leaf.serial_hex());
+        assert_eq!(
+            warning.to_string(),
+            format!(
+                "certificate expires soon: serial={} not_after={}",
+                leaf.serial_hex(),
+                certificate.not_after_rfc3339()
+            )
+        );
+        let (expired_at, expired) = seen.last().expect("an expiry");
+        assert!(
+            *expired_at >= Duration::from_secs(4),
+            "expired at {expired_at:?}"
+        );
+        assert!(
+            expired
+                .to_string()
+                .starts_with("certificate expired: serial="),
+            "{expired}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn a_fixed_window_reports_a_certificate_already_inside_it_at_start() -> anyhow::Result<()> {
+    Smol::block_on(async {
+        let dir = tempfile::tempdir()?;
+        let ca = Ca::new("expiry CA");
+        // rcgen's default validity runs to the year 4096: a window of 5,000
+        // years holds it from the start.
+        let leaf = ca.leaf(0xe101);
+        let acceptor = ReloadingAcceptor::builder(write_pair(dir.path(), &leaf))
+            .template(Template::new(provider()))
+            .interval(Duration::from_millis(20))
+            .expiry_warning(ExpiryWindow::Before(Duration::from_secs(
+                5_000 * 365 * 86_400,
+            )))
+            .build()
+            .await?;
+        let mut events = acceptor.events();
+        let _reloader = spawn::<Smol, _>(acceptor.reloader());
+        let first = timeout(DEADLINE, async {
+            events
+                .next()
+                .await
+                .ok_or_else(|| std::io::Error::other("events ended"))
+        })
+        .await?;
+        assert!(
+            matches!(first, ReloadEvent::ExpiresSoon { .. }),
+            "{first:?}"
+        );
+        // And only once, tick after tick.
+        async_io::Timer::after(Duration::from_millis(200)).await;
+        assert!(events.next().now_or_never_flat().is_none());
+        Ok(())
+    })
+}
+
+trait NowOrNever {
+    fn now_or_never_flat(self) -> Option<ReloadEvent>;
+}
+
+impl<F: std::future::Future<Output = Option<ReloadEvent>>> NowOrNever for F {
+    fn now_or_never_flat(self) -> Option<ReloadEvent> {
+        futures::FutureExt::now_or_never(self).flatten()
+    }
+}
