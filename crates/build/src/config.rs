@@ -11,9 +11,10 @@ use sha2::{Digest, Sha256};
 
 use rustls::pki_types::PrivateKeyDer;
 
+use crate::crl::{self, CaInfo, CrlInfo, Signer};
 use crate::error::CertProblem;
 use crate::files::{self, CertSection, PemFile};
-use crate::leaf::parse_x509;
+use crate::leaf::{parse_x509, Rfc3339};
 use crate::pem::Label;
 use crate::template::builtin;
 use crate::{BuildError, ClientAuth, LeafInfo, MaterialBytes, Materials, Template};
@@ -31,6 +32,9 @@ pub struct Built {
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     ca_names_sent: bool,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    client_cas: Arc<[CaInfo]>,
+    crls: Arc<[CrlInfo]>,
+    crl_expired: bool,
 }
 
 /// Whether a build carried the previous config's resumption state over.
@@ -56,10 +60,31 @@ impl Built {
         &self.leaf
     }
 
-    /// The files that were read, in order: certificate, key, CA file, then each
-    /// file of the CA directory.
+    /// The files that were read, in order: certificate, key, CA file, each
+    /// file of the CA directory, each CRL file, then the key passphrase
+    /// file.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Every trusted client CA, in the order read (CA file, then the CA
+    /// directory's files); empty without client auth. A certificate of a
+    /// CA file that is not usable as a trust anchor is not listed.
+    pub fn client_cas(&self) -> &[CaInfo] {
+        &self.client_cas
+    }
+
+    /// Every CRL in force, in the order read; empty without CRLs.
+    pub fn crls(&self) -> &[CrlInfo] {
+        &self.crls
+    }
+
+    /// Whether a CRL was past its `nextUpdate` when this build was made.
+    /// Such a build is served only with
+    /// [`Template::enforce_crl_expiry`](crate::Template::enforce_crl_expiry)
+    /// off (the default), with a warning; rustls then keeps using the CRL.
+    pub fn crl_expired(&self) -> bool {
+        self.crl_expired
     }
 
     /// Whether resumption state was kept from the previous config.
@@ -83,6 +108,8 @@ impl fmt::Debug for Built {
             .field("leaf", &self.leaf)
             .field("files", &self.files)
             .field("resumption", &self.resumption)
+            .field("client_cas", &self.client_cas.len())
+            .field("crls", &self.crls)
             .field("alpn_protocols", &self.config.alpn_protocols)
             .finish_non_exhaustive()
     }
@@ -125,7 +152,7 @@ pub fn build_from_bytes(
     let leaf = check_chain(cert_path, &chain)?;
 
     let key_file = PemFile::parse(key_path, &bytes.key.bytes)?;
-    let key_der = key_file.into_private_key()?;
+    let key_der = key_file.into_private_key(bytes.passphrase())?;
     let label = match &key_der {
         PrivateKeyDer::Pkcs1(_) => Label::RsaPrivateKey,
         PrivateKeyDer::Sec1(_) => Label::EcPrivateKey,
@@ -193,6 +220,9 @@ pub fn build_from_bytes(
         verifier: trust.verifier,
         ca_names_sent: trust.ca_names_sent,
         provider: provider.clone(),
+        client_cas: trust.client_cas,
+        crls: trust.crls,
+        crl_expired: trust.crl_expired,
     })
 }
 
@@ -277,6 +307,10 @@ struct Trust {
     digest: [u8; 32],
     /// Whether the CertificateRequest names the CAs.
     ca_names_sent: bool,
+    client_cas: Arc<[CaInfo]>,
+    crls: Arc<[CrlInfo]>,
+    /// Whether a CRL is past its nextUpdate (served: expiry not enforced).
+    crl_expired: bool,
 }
 
 impl Trust {
@@ -289,11 +323,19 @@ impl Trust {
         digest.update([u8::from(template.session_tickets)]);
 
         let Some(anchor_path) = bytes.client_ca_anchor.as_deref() else {
+            if let Some(crl) = bytes.crls.first() {
+                return Err(BuildError::CrlWithoutClientCa {
+                    path: crl.path.clone(),
+                });
+            }
             digest.update(b"no client auth");
             return Ok(Self {
                 verifier: None,
                 digest: digest.finalize().into(),
                 ca_names_sent: false,
+                client_cas: Arc::new([]),
+                crls: Arc::new([]),
+                crl_expired: false,
             });
         };
         digest.update(match template.client_auth {
@@ -311,38 +353,80 @@ impl Trust {
                 .collect();
             // Each file's path and certificate count delimit its part, so an
             // equal digest means every file holds exactly what it held.
-            let name = path.as_os_str().as_encoded_bytes();
-            digest.update((name.len() as u64).to_be_bytes());
-            digest.update(name);
-            digest.update((certs.len() as u64).to_be_bytes());
+            digest_part(&mut digest, path, certs.len());
             for cert in &certs {
                 digest.update((cert.len() as u64).to_be_bytes());
                 digest.update(cert);
             }
             loaded.push((path, certs));
         }
+        // The CRLs are part of the trust, and so is whether their expiry
+        // is enforced: a change to either resets resumption.
+        if !bytes.crls.is_empty() {
+            digest.update(b"crls");
+            digest.update([u8::from(template.enforce_crl_expiry)]);
+            for file in &bytes.crls {
+                digest_part(&mut digest, &file.path, file.bytes.len());
+                digest.update(&file.bytes);
+            }
+        }
         let digest: [u8; 32] = digest.finalize().into();
 
-        // The same CA bytes as the build being served, which checked them:
-        // reuse its verifier rather than parse every root again (with a
-        // large CA directory that is most of a build).
+        // The same CA and CRL bytes as the build being served, which checked
+        // them: reuse its verifier rather than parse every root again (with
+        // a large CA directory that is most of a build). Only the CRLs'
+        // expiry is checked again: time has passed.
         let reusable = previous
             .filter(|p| p.continuity == digest && Arc::ptr_eq(&p.provider, &template.provider))
-            .and_then(|p| p.verifier.clone().map(|v| (v, p.ca_names_sent)));
-        if let Some((verifier, ca_names_sent)) = reusable {
+            .and_then(|p| p.verifier.clone().map(|v| (v, p)));
+        if let Some((verifier, previous)) = reusable {
+            let crl_expired = check_crl_expiry(&previous.crls, template)?;
             return Ok(Self {
                 verifier: Some(verifier),
                 digest,
-                ca_names_sent,
+                ca_names_sent: previous.ca_names_sent,
+                client_cas: previous.client_cas.clone(),
+                crls: previous.crls.clone(),
+                crl_expired,
             });
         }
 
         let mut roots = RootCertStore::empty();
+        let mut client_cas = Vec::new();
+        let mut signers = Vec::new();
         for (i, (path, certs)) in loaded.into_iter().enumerate() {
             step_aside(i);
-            files::add_ca_certs(path, certs, &mut roots)?;
+            files::add_ca_certs(path, certs, &mut roots, |cert| {
+                client_cas.push(CaInfo::from_x509(path, cert));
+                if !bytes.crls.is_empty() {
+                    signers.extend(Signer::of(cert));
+                }
+            })?;
         }
         let ca_names_sent = ca_names_fit(&roots, anchor_path);
+
+        let mut in_force: Vec<crl::CheckedCrl> = Vec::new();
+        for file in &bytes.crls {
+            let path = file.path.as_path();
+            for (der, line) in PemFile::parse(path, &file.bytes)?.crls()? {
+                let checked = crl::check(
+                    path,
+                    line,
+                    der,
+                    &signers,
+                    &template.provider.signature_verification_algorithms,
+                )?;
+                keep_newest(&mut in_force, checked);
+            }
+        }
+        let (crl_ders, crls): (Vec<_>, Vec<_>) = in_force
+            .into_iter()
+            .map(|checked| (checked.der, checked.info))
+            .unzip();
+        let crl_expired = check_crl_expiry(&crls, template)?;
+        if !crls.is_empty() {
+            warn_uncovered(&signers, &crls);
+        }
 
         let builder =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), template.provider.clone());
@@ -355,6 +439,11 @@ impl Trust {
             ClientAuth::Required => builder,
             ClientAuth::Optional => builder.allow_unauthenticated(),
         };
+        let builder = match (crl_ders.is_empty(), template.enforce_crl_expiry) {
+            (true, _) => builder,
+            (false, false) => builder.with_crls(crl_ders),
+            (false, true) => builder.with_crls(crl_ders).enforce_revocation_expiration(),
+        };
         let verifier = builder
             .build()
             .map_err(|source| BuildError::ClientVerifier {
@@ -365,7 +454,87 @@ impl Trust {
             verifier: Some(verifier),
             digest,
             ca_names_sent,
+            client_cas: client_cas.into(),
+            crls: crls.into(),
+            crl_expired,
         })
+    }
+}
+
+/// Feeds a file's name and a count (of certificates, or bytes) into a
+/// trust digest, so that each file's part is delimited.
+fn digest_part(digest: &mut Sha256, path: &Path, count: usize) {
+    let name = path.as_os_str().as_encoded_bytes();
+    digest.update((name.len() as u64).to_be_bytes());
+    digest.update(name);
+    digest.update((count as u64).to_be_bytes());
+}
+
+/// Adds `crl` to the CRLs in force, unless one of the same issuer and scope
+/// is newer: webpki would use whichever of the two comes first, so an old
+/// CRL left beside its successor would hide the latest revocations. The
+/// newest is kept, as OpenSSL picks it, and the other is named in a warning.
+fn keep_newest(in_force: &mut Vec<crl::CheckedCrl>, crl: crl::CheckedCrl) {
+    let Some(kept) = in_force.iter_mut().find(|kept| kept.same_scope(&crl)) else {
+        in_force.push(crl);
+        return;
+    };
+    let older = if crl.newer_than(kept) {
+        std::mem::replace(kept, crl)
+    } else {
+        crl
+    };
+    tracing::warn!(
+        file = %older.info.path.display(),
+        line = older.info.line,
+        newer_file = %kept.info.path.display(),
+        newer_line = kept.info.line,
+        issuer = %kept.info.issuer,
+        "a CRL is superseded by a newer one of the same issuer and scope; only the newer applies"
+    );
+}
+
+/// Refuses a CRL past its nextUpdate when expiry is enforced; otherwise
+/// warns, and says whether one is.
+fn check_crl_expiry(crls: &[CrlInfo], template: &Template) -> Result<bool, BuildError> {
+    let now = SystemTime::now();
+    let mut expired = false;
+    for crl in crls.iter().filter(|crl| crl.is_expired_at(now)) {
+        let next_update = crl.next_update.unwrap_or(now);
+        if template.enforce_crl_expiry {
+            return Err(BuildError::CrlExpired {
+                path: crl.path.clone(),
+                line: crl.line,
+                next_update,
+                now,
+            });
+        }
+        tracing::warn!(
+            file = %crl.path.display(),
+            line = crl.line,
+            issuer = %crl.issuer,
+            next_update = %Rfc3339(next_update),
+            "the CRL is past its nextUpdate; still in force, since CRL expiry is not enforced"
+        );
+        expired = true;
+    }
+    Ok(expired)
+}
+
+/// Warns when a client CA has no CRL: with CRLs configured, rustls refuses a
+/// client whose revocation status no CRL gives.
+fn warn_uncovered(signers: &[Signer], crls: &[CrlInfo]) {
+    let uncovered: Vec<&Signer> = signers
+        .iter()
+        .filter(|signer| !crls.iter().any(|crl| signer.issued(crl)))
+        .collect();
+    if let Some(first) = uncovered.first() {
+        tracing::warn!(
+            count = uncovered.len(),
+            first = %first.name(),
+            "client CAs without a CRL: with CRLs configured, their clients are refused \
+             (revocation status unknown); give a CRL for every client CA"
+        );
     }
 }
 

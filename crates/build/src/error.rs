@@ -79,13 +79,67 @@ pub enum BuildError {
         found: Vec<Label>,
     },
 
-    /// The key file holds an encrypted private key, which is not supported.
+    /// The key file holds an encrypted private key and no passphrase file
+    /// is configured
+    /// ([`Materials::with_key_passphrase_file`](crate::Materials::with_key_passphrase_file)).
     #[error(
-        "{}: the private key is encrypted (ENCRYPTED PRIVATE KEY); encrypted keys are not supported",
+        "{}: the private key is encrypted (ENCRYPTED PRIVATE KEY) and no key passphrase file \
+         is configured; configure one to decrypt it",
         .path.display()
     )]
     EncryptedKey {
         /// The key file.
+        path: PathBuf,
+    },
+
+    /// The encrypted private key does not decrypt with the passphrase: the
+    /// passphrase is wrong (or the key is corrupt). The message names the
+    /// two files, never the passphrase.
+    #[error(
+        "{}: the encrypted private key does not decrypt with the passphrase in {}: \
+         wrong passphrase (or a corrupt key)",
+        .path.display(), .passphrase_file.display()
+    )]
+    WrongPassphrase {
+        /// The key file.
+        path: PathBuf,
+        /// The passphrase file.
+        passphrase_file: PathBuf,
+    },
+
+    /// The encrypted private key cannot be decrypted whatever the
+    /// passphrase: it does not parse, uses a scheme other than PBES2 with
+    /// PBKDF2 or scrypt and AES-CBC, or asks for more work than a build
+    /// allows.
+    #[error("{}: cannot decrypt the private key: {problem}", .path.display())]
+    BadEncryptedKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: KeyEncryptionProblem,
+    },
+
+    /// The key file holds a key encrypted in OpenSSL's legacy PEM format
+    /// (a `Proc-Type` header, as `openssl rsa -aes256` writes), which is
+    /// not supported: convert it to an encrypted PKCS#8 key.
+    #[error(
+        "{}: the private key at line {line} is encrypted in OpenSSL's legacy PEM format \
+         (a Proc-Type header), which is not supported; convert it with \
+         `openssl pkcs8 -topk8 -v2 aes-256-cbc -in OLD.key -out NEW.key` \
+         and configure its passphrase file",
+        .path.display()
+    )]
+    LegacyEncryptedKey {
+        /// The key file.
+        path: PathBuf,
+        /// The line of the section's BEGIN marker.
+        line: usize,
+    },
+
+    /// The key passphrase file is empty (or holds only newlines).
+    #[error("{}: the key passphrase file is empty", .path.display())]
+    EmptyPassphrase {
+        /// The passphrase file.
         path: PathBuf,
     },
 
@@ -178,6 +232,58 @@ pub enum BuildError {
         path: PathBuf,
     },
 
+    /// A CRL file holds no `X509 CRL` section.
+    #[error("{}: no CRL in file ({})", .path.display(), Found(.found))]
+    NoCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// The labels of the sections it holds, in order.
+        found: Vec<Label>,
+    },
+
+    /// A CRL is refused: it does not parse, uses what rustls does not
+    /// support, or no client CA signed it. The trust being served stays.
+    #[error("{}: the CRL at line {line} is refused: {problem}", .path.display())]
+    BadCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// The line of its BEGIN marker.
+        line: usize,
+        /// What is wrong.
+        problem: CrlProblem,
+    },
+
+    /// A CRL's `nextUpdate` has passed and
+    /// [`Template::enforce_crl_expiry`](crate::Template::enforce_crl_expiry)
+    /// is on.
+    #[error(
+        "{}: the CRL at line {line} expired: its nextUpdate was {} (now {}); \
+         expired CRLs are refused (CRL expiry is enforced)",
+        .path.display(), Rfc3339(*.next_update), Rfc3339(*.now)
+    )]
+    CrlExpired {
+        /// The CRL file.
+        path: PathBuf,
+        /// The line of its BEGIN marker.
+        line: usize,
+        /// Its `nextUpdate`.
+        next_update: SystemTime,
+        /// When the build checked.
+        now: SystemTime,
+    },
+
+    /// CRLs are configured without client CAs: a CRL needs a trust to
+    /// apply to.
+    #[error(
+        "{}: a CRL is configured but no client CA: CRLs apply to client certificates, \
+         configure the client CAs that signed them",
+        .path.display()
+    )]
+    CrlWithoutClientCa {
+        /// The first CRL file.
+        path: PathBuf,
+    },
+
     /// The client certificate verifier could not be built. The build fails
     /// rather than serve without client verification.
     #[error("{}: cannot build client certificate verifier: {source}", .path.display())]
@@ -224,6 +330,14 @@ impl BuildError {
             | Self::NoCertificate { path, .. }
             | Self::NoPrivateKey { path, .. }
             | Self::EncryptedKey { path }
+            | Self::WrongPassphrase { path, .. }
+            | Self::BadEncryptedKey { path, .. }
+            | Self::LegacyEncryptedKey { path, .. }
+            | Self::EmptyPassphrase { path }
+            | Self::NoCrl { path, .. }
+            | Self::BadCrl { path, .. }
+            | Self::CrlExpired { path, .. }
+            | Self::CrlWithoutClientCa { path }
             | Self::BadPrivateKey { path, .. }
             | Self::BadCertificate { path, .. }
             | Self::Expired { path, .. }
@@ -258,6 +372,77 @@ impl fmt::Display for CertProblem {
             Self::TrailingData => "data follows the certificate's DER",
             Self::Malformed => "the DER is not a well-formed X.509 certificate",
             Self::BadPublicKey => "its public key cannot be read",
+        })
+    }
+}
+
+/// Why an encrypted private key cannot be decrypted whatever the
+/// passphrase, in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyEncryptionProblem {
+    /// The DER is not a PKCS#8 `EncryptedPrivateKeyInfo`.
+    Malformed,
+    /// The encryption scheme is not PBES2 with PBKDF2 (HMAC-SHA-2) or
+    /// scrypt, and AES-CBC: PBES1, PKCS#12 schemes and DES are not
+    /// supported.
+    UnsupportedScheme,
+    /// The key derivation asks for more than a build allows: scrypt over
+    /// 256 MiB of memory work (128 * r * N * p), or PBKDF2 over 10,000,000
+    /// iterations. `openssl pkcs8` writes far less.
+    TooCostly,
+}
+
+impl fmt::Display for KeyEncryptionProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "the DER is not a PKCS#8 encrypted private key",
+            Self::UnsupportedScheme => {
+                "its encryption scheme is not supported (PBES2 with PBKDF2 or scrypt, \
+                 and AES-CBC, are: convert it with `openssl pkcs8 -topk8 -v2 aes-256-cbc`)"
+            }
+            Self::TooCostly => {
+                "its key derivation asks for more than a build allows \
+                 (scrypt over 256 MiB of work, or PBKDF2 over 10,000,000 iterations)"
+            }
+        })
+    }
+}
+
+/// Why a CRL is refused, in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CrlProblem {
+    /// The DER is not a well-formed X.509 CRL.
+    Malformed,
+    /// The CRL uses what rustls does not support: a version other than 2,
+    /// a delta or indirect CRL, an unknown critical extension, or no
+    /// `nextUpdate`.
+    Unsupported,
+    /// No client CA is named as its issuer.
+    UnknownIssuer,
+    /// Its signature does not verify with the key of any client CA named as
+    /// its issuer.
+    BadSignature,
+    /// It is signed with an algorithm the crypto provider does not verify.
+    UnsupportedSignatureAlgorithm,
+}
+
+impl fmt::Display for CrlProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "the DER is not a well-formed X.509 CRL",
+            Self::Unsupported => {
+                "it uses what rustls does not support (a CRL version other than 2, \
+                 a delta or indirect CRL, an unknown critical extension, or no nextUpdate)"
+            }
+            Self::UnknownIssuer => "no configured client CA is named as its issuer",
+            Self::BadSignature => {
+                "its signature does not verify with the key of the client CA named as its issuer"
+            }
+            Self::UnsupportedSignatureAlgorithm => {
+                "it is signed with an algorithm the crypto provider does not verify"
+            }
         })
     }
 }

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 use tls_reload_detect::DetectError;
+use x509_parser::certificate::X509Certificate;
 
-use crate::pem::{self, Label, Section};
-use crate::BuildError;
+use crate::leaf::parse_x509;
+use crate::pem::{self, Label, PemProblem, Section};
+use crate::{encrypted, BuildError};
 
 /// The PEM sections of one file, and the file they came from.
 pub(crate) struct PemFile<'a> {
@@ -31,10 +33,16 @@ impl<'a> PemFile<'a> {
                 path: path.to_owned(),
             });
         }
-        let sections = pem::parse(bytes).map_err(|error| BuildError::MalformedPem {
-            path: path.to_owned(),
-            line: error.line,
-            problem: error.problem,
+        let sections = pem::parse(bytes).map_err(|error| match error.problem {
+            PemProblem::LegacyEncryption => BuildError::LegacyEncryptedKey {
+                path: path.to_owned(),
+                line: error.line,
+            },
+            problem => BuildError::MalformedPem {
+                path: path.to_owned(),
+                line: error.line,
+                problem,
+            },
         })?;
         Ok(Self { path, sections })
     }
@@ -59,24 +67,57 @@ impl<'a> PemFile<'a> {
         self.sections.iter().map(|section| section.label).collect()
     }
 
-    /// The first private key section: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-    pub(crate) fn into_private_key(self) -> Result<PrivateKeyDer<'static>, BuildError> {
+    /// The first private key section: PKCS#8, PKCS#1 (RSA) or SEC1 (EC),
+    /// or, given a passphrase and the name of its file, an encrypted
+    /// PKCS#8 key, decrypted.
+    pub(crate) fn into_private_key(
+        self,
+        passphrase: Option<(&[u8], &Path)>,
+    ) -> Result<PrivateKeyDer<'static>, BuildError> {
         let path = self.path.to_owned();
         let found = self.labels();
         for section in self.sections {
             use rustls::pki_types::pem::SectionKind;
-            let key = match section.kind() {
-                Some(SectionKind::PrivateKey) => PrivateKeyDer::Pkcs8(section.der.into()),
-                Some(SectionKind::RsaPrivateKey) => PrivateKeyDer::Pkcs1(section.der.into()),
-                Some(SectionKind::EcPrivateKey) => PrivateKeyDer::Sec1(section.der.into()),
+            let key = match (section.kind(), passphrase) {
+                (Some(SectionKind::PrivateKey), _) => PrivateKeyDer::Pkcs8(section.der.into()),
+                (Some(SectionKind::RsaPrivateKey), _) => PrivateKeyDer::Pkcs1(section.der.into()),
+                (Some(SectionKind::EcPrivateKey), _) => PrivateKeyDer::Sec1(section.der.into()),
+                (None, Some((passphrase, file))) if section.label == Label::EncryptedPrivateKey => {
+                    return encrypted::decrypt(&path, &section.der, passphrase, file);
+                }
                 _ => continue,
             };
+            if let Some((_, file)) = passphrase {
+                tracing::warn!(
+                    key = %path.display(),
+                    passphrase_file = %file.display(),
+                    "a key passphrase file is configured but the private key is not encrypted"
+                );
+            }
             return Ok(key);
         }
         if found.contains(&Label::EncryptedPrivateKey) {
             return Err(BuildError::EncryptedKey { path });
         }
         Err(BuildError::NoPrivateKey { path, found })
+    }
+
+    /// Every `X509 CRL` section, in file order: its DER and its line.
+    pub(crate) fn crls(self) -> Result<Vec<(Vec<u8>, usize)>, BuildError> {
+        let found = self.labels();
+        let crls: Vec<_> = self
+            .sections
+            .into_iter()
+            .filter(|section| section.label == Label::Crl)
+            .map(|section| (section.der, section.line))
+            .collect();
+        if crls.is_empty() {
+            return Err(BuildError::NoCrl {
+                path: self.path.to_owned(),
+                found,
+            });
+        }
+        Ok(crls)
     }
 }
 
@@ -125,15 +166,28 @@ fn from_detect(error: DetectError) -> BuildError {
     }
 }
 
-/// Adds the certificates read from the CA file `path` to `roots`. Fails when
-/// none of them is usable as a trust anchor.
+/// Adds the certificates read from the CA file `path` to `roots`, and shows
+/// `added` each one added. Fails when none of them is usable as a trust
+/// anchor.
 pub(crate) fn add_ca_certs(
     path: &Path,
     certs: Vec<CertificateDer<'static>>,
     roots: &mut RootCertStore,
+    mut added: impl FnMut(&X509Certificate<'_>),
 ) -> Result<(), BuildError> {
     let found = certs.len();
-    let (valid, invalid) = roots.add_parsable_certificates(certs);
+    let (mut valid, mut invalid) = (0, 0);
+    for cert in certs {
+        if roots.add(CertificateDer::from(cert.as_ref())).is_err() {
+            invalid += 1;
+            continue;
+        }
+        valid += 1;
+        // webpki took it as a trust anchor; x509-parser describes it.
+        if let Ok(x509) = parse_x509(&cert) {
+            added(&x509);
+        }
+    }
     if valid == 0 {
         return Err(BuildError::NoUsableCa {
             path: path.to_owned(),

@@ -30,11 +30,7 @@ impl LeafInfo {
     /// The serial in lowercase hex, two digits per byte, without leading zero
     /// bytes, as `openssl x509 -serial` prints it (lowercased); `00` for zero.
     pub fn serial_hex(&self) -> String {
-        let start = self.serial.iter().position(|&b| b != 0);
-        match start {
-            Some(start) => hex(&self.serial[start..]),
-            None => "00".to_owned(),
-        }
+        serial_hex(&self.serial)
     }
 
     /// The SHA-256 fingerprint in lowercase hex, without separators.
@@ -74,17 +70,8 @@ impl LeafInfo {
     /// Describes a parsed certificate whose DER is `der`.
     pub(crate) fn from_x509(cert: &X509Certificate<'_>, der: &[u8]) -> Self {
         let validity = cert.validity();
-        let mut serial: Vec<u8> = cert
-            .raw_serial()
-            .iter()
-            .copied()
-            .skip_while(|&b| b == 0)
-            .collect();
-        if serial.is_empty() {
-            serial.push(0);
-        }
         Self {
-            serial,
+            serial: serial_magnitude(cert.raw_serial()),
             subject: cert.subject().to_string(),
             not_before: from_unix(validity.not_before.timestamp()),
             not_after: from_unix(validity.not_after.timestamp()),
@@ -146,7 +133,25 @@ impl fmt::Debug for LeafInfo {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A DER serial's magnitude, big-endian, without leading zero bytes (one
+/// `0` byte for zero).
+pub(crate) fn serial_magnitude(raw: &[u8]) -> Vec<u8> {
+    let mut serial: Vec<u8> = raw.iter().copied().skip_while(|&b| b == 0).collect();
+    if serial.is_empty() {
+        serial.push(0);
+    }
+    serial
+}
+
+/// A serial in lowercase hex without leading zero bytes; `00` for zero.
+pub(crate) fn serial_hex(serial: &[u8]) -> String {
+    match serial.iter().position(|&b| b != 0) {
+        Some(start) => hex(&serial[start..]),
+        None => "00".to_owned(),
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(out, "{b:02x}");
@@ -154,7 +159,7 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn from_unix(secs: i64) -> SystemTime {
+pub(crate) fn from_unix(secs: i64) -> SystemTime {
     let magnitude = Duration::from_secs(secs.unsigned_abs());
     if secs >= 0 {
         UNIX_EPOCH + magnitude

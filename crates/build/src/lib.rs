@@ -86,6 +86,8 @@
 pub use rustls;
 
 mod config;
+mod crl;
+mod encrypted;
 mod error;
 mod files;
 mod leaf;
@@ -94,7 +96,8 @@ mod pem;
 mod template;
 
 pub use config::{build, build_blocking, build_from_bytes, Built, Resumption};
-pub use error::{BuildError, CertProblem};
+pub use crl::{CaInfo, CrlInfo};
+pub use error::{BuildError, CertProblem, CrlProblem, KeyEncryptionProblem};
 pub use leaf::LeafInfo;
 pub use materials::{MaterialBytes, Materials};
 pub use pem::{Label, PemProblem};

@@ -1,11 +1,15 @@
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroize;
+
 /// Where the TLS materials live on disk.
 ///
 /// The certificate file holds the leaf first, then any intermediates; the key
-/// file holds its private key. With a client CA bundle and/or a client CA
-/// directory, the built config requires (or, per [`ClientAuth`], requests)
-/// client certificates issued by those CAs.
+/// file holds its private key, which may be an encrypted PKCS#8 key
+/// decrypted with a passphrase read from a file. With a client CA bundle
+/// and/or a client CA directory, the built config requires (or, per
+/// [`ClientAuth`], requests) client certificates issued by those CAs, and
+/// CRL files, when given, revoke some of them.
 ///
 /// [`ClientAuth`]: crate::ClientAuth
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,6 +18,8 @@ pub struct Materials {
     key: PathBuf,
     client_ca: Option<PathBuf>,
     client_ca_dir: Option<PathBuf>,
+    crls: Vec<PathBuf>,
+    key_passphrase_file: Option<PathBuf>,
 }
 
 impl Materials {
@@ -24,6 +30,8 @@ impl Materials {
             key: key.into(),
             client_ca: None,
             client_ca_dir: None,
+            crls: Vec::new(),
+            key_passphrase_file: None,
         }
     }
 
@@ -37,6 +45,35 @@ impl Materials {
     /// certificates (mTLS). Names starting with `.` and subdirectories are skipped.
     pub fn with_client_ca_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.client_ca_dir = Some(dir.into());
+        self
+    }
+
+    /// Checks client certificates against the certificate revocation lists
+    /// of this PEM file (`X509 CRL` sections, one or more). May be given
+    /// several times.
+    ///
+    /// Every CRL must be signed by one of the client CAs, so CRLs need a
+    /// client CA file or directory: a CRL that does not parse, or that no
+    /// client CA signed, fails the build (the config being served keeps
+    /// its trust). Once CRLs are configured, a client certificate whose
+    /// revocation status no CRL gives is refused (rustls's default), so
+    /// give a CRL for every client CA. Whether a CRL past its `nextUpdate`
+    /// is refused is [`Template::enforce_crl_expiry`](crate::Template::enforce_crl_expiry).
+    pub fn with_crl(mut self, file: impl Into<PathBuf>) -> Self {
+        self.crls.push(file.into());
+        self
+    }
+
+    /// Decrypts an `ENCRYPTED PRIVATE KEY` (PKCS#8, PBES2 with PBKDF2 or
+    /// scrypt and AES-CBC, as `openssl pkcs8 -topk8 -v2 aes-256-cbc` or
+    /// `-scrypt` writes it) with the passphrase in this file.
+    ///
+    /// The file is read at every build, so the passphrase may rotate with
+    /// the key; trailing newlines are not part of the passphrase. Neither
+    /// the passphrase nor the decrypted key is logged or shown by `Debug`,
+    /// and both are overwritten once used.
+    pub fn with_key_passphrase_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.key_passphrase_file = Some(file.into());
         self
     }
 
@@ -60,12 +97,24 @@ impl Materials {
         self.client_ca_dir.as_deref()
     }
 
-    /// Everything to watch: the certificate, the key, then the CA file and the
-    /// CA directory when set.
+    /// The CRL files, in the order given.
+    pub fn crls(&self) -> &[PathBuf] {
+        &self.crls
+    }
+
+    /// The key passphrase file, if any.
+    pub fn key_passphrase_file(&self) -> Option<&Path> {
+        self.key_passphrase_file.as_deref()
+    }
+
+    /// Everything to watch: the certificate, the key, then the CA file, the
+    /// CA directory, each CRL file and the key passphrase file when set.
     pub fn paths(&self) -> Vec<PathBuf> {
         let mut paths = vec![self.cert.clone(), self.key.clone()];
         paths.extend(self.client_ca.clone());
         paths.extend(self.client_ca_dir.clone());
+        paths.extend(self.crls.iter().cloned());
+        paths.extend(self.key_passphrase_file.clone());
         paths
     }
 
@@ -83,8 +132,9 @@ impl Materials {
 /// takes bytes you already hold (from a secret store, say). Either way
 /// [`build_from_bytes`](crate::build_from_bytes) turns them into a config.
 ///
-/// `Debug` shows the names and sizes, never the bytes, and the key's bytes
-/// are overwritten when the value is dropped.
+/// `Debug` shows the names and sizes, never the bytes (nor the size of the
+/// passphrase), and the bytes of the key and of the passphrase are
+/// overwritten when the value is dropped.
 ///
 /// ```
 /// use tls_reload_build::{build_from_bytes, MaterialBytes, Template};
@@ -103,6 +153,9 @@ pub struct MaterialBytes {
     pub(crate) client_cas: Vec<Named>,
     /// The CA file or directory a verifier error is about.
     pub(crate) client_ca_anchor: Option<PathBuf>,
+    pub(crate) crls: Vec<Named>,
+    /// As read: trailing newlines are stripped when it is used.
+    pub(crate) key_passphrase: Option<Named>,
 }
 
 /// One file's bytes and its name.
@@ -132,6 +185,8 @@ impl MaterialBytes {
             },
             client_cas: Vec::new(),
             client_ca_anchor: None,
+            crls: Vec::new(),
+            key_passphrase: None,
         }
     }
 
@@ -143,6 +198,36 @@ impl MaterialBytes {
         self.client_cas.push(Named {
             path,
             bytes: bundle.into(),
+        });
+        self
+    }
+
+    /// Checks client certificates against the CRLs of this PEM file (one
+    /// or more `X509 CRL` sections), as [`Materials::with_crl`] does. May
+    /// be given several times.
+    pub fn with_crl(mut self, name: impl Into<PathBuf>, pem: impl Into<Vec<u8>>) -> Self {
+        self.crls.push(Named {
+            path: name.into(),
+            bytes: pem.into(),
+        });
+        self
+    }
+
+    /// Decrypts an encrypted private key with this passphrase (trailing
+    /// newlines are stripped), as [`Materials::with_key_passphrase_file`]
+    /// does; `name` is what errors call its file. The bytes are
+    /// overwritten when the value is dropped.
+    pub fn with_key_passphrase(
+        mut self,
+        name: impl Into<PathBuf>,
+        passphrase: impl Into<Vec<u8>>,
+    ) -> Self {
+        if let Some(mut old) = self.key_passphrase.take() {
+            old.bytes.zeroize();
+        }
+        self.key_passphrase = Some(Named {
+            path: name.into(),
+            bytes: passphrase.into(),
         });
         self
     }
@@ -160,39 +245,67 @@ impl MaterialBytes {
         };
         let cert = read(materials.cert())?;
         let key = read(materials.key())?;
-        let mut client_cas = Vec::new();
-        if let Some(file) = materials.client_ca() {
-            client_cas.push(read(file)?);
-        }
-        if let Some(dir) = materials.client_ca_dir() {
-            for (i, file) in crate::files::ca_dir_files(dir)?.iter().enumerate() {
-                crate::config::step_aside(i);
-                client_cas.push(read(file)?);
-            }
-        }
-        Ok(Self {
+        // From here on the key is held by `bytes`, which wipes it on drop,
+        // whatever fails next.
+        let mut bytes = Self {
             cert,
             key,
-            client_cas,
+            client_cas: Vec::new(),
             client_ca_anchor: materials
                 .client_ca()
                 .or(materials.client_ca_dir())
                 .map(Into::into),
-        })
+            crls: Vec::new(),
+            key_passphrase: None,
+        };
+        if let Some(file) = materials.key_passphrase_file() {
+            bytes.key_passphrase = Some(read(file)?);
+        }
+        if let Some(file) = materials.client_ca() {
+            bytes.client_cas.push(read(file)?);
+        }
+        if let Some(dir) = materials.client_ca_dir() {
+            for (i, file) in crate::files::ca_dir_files(dir)?.iter().enumerate() {
+                crate::config::step_aside(i);
+                bytes.client_cas.push(read(file)?);
+            }
+        }
+        for file in materials.crls() {
+            bytes.crls.push(read(file)?);
+        }
+        Ok(bytes)
     }
 
-    /// The names, in order: certificate, key, then each client CA file.
+    /// The names, in order: certificate, key, each client CA file, each
+    /// CRL file, then the key passphrase file when there is one.
     pub fn names(&self) -> impl Iterator<Item = &Path> + '_ {
         [&self.cert, &self.key]
             .into_iter()
             .chain(&self.client_cas)
+            .chain(&self.crls)
+            .chain(&self.key_passphrase)
             .map(|named| named.path.as_path())
+    }
+
+    /// The passphrase without its trailing newlines, and its file's name.
+    pub(crate) fn passphrase(&self) -> Option<(&[u8], &Path)> {
+        self.key_passphrase.as_ref().map(|named| {
+            let end = named
+                .bytes
+                .iter()
+                .rposition(|&b| b != b'\n' && b != b'\r')
+                .map_or(0, |i| i + 1);
+            (&named.bytes[..end], named.path.as_path())
+        })
     }
 }
 
 impl Drop for MaterialBytes {
     fn drop(&mut self) {
-        self.key.bytes.iter_mut().for_each(|b| *b = 0);
+        self.key.bytes.zeroize();
+        if let Some(passphrase) = &mut self.key_passphrase {
+            passphrase.bytes.zeroize();
+        }
     }
 }
 
@@ -201,10 +314,16 @@ impl std::fmt::Debug for MaterialBytes {
         let sizes: Vec<(&Path, usize)> = [&self.cert, &self.key]
             .into_iter()
             .chain(&self.client_cas)
+            .chain(&self.crls)
             .map(|named| (named.path.as_path(), named.bytes.len()))
             .collect();
         f.debug_struct("MaterialBytes")
             .field("sizes", &sizes)
+            // Its name only: not even its length.
+            .field(
+                "key_passphrase",
+                &self.key_passphrase.as_ref().map(|named| &named.path),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -218,18 +337,45 @@ mod tests {
         let m = Materials::new("c.pem", "k.pem");
         assert_eq!(m.paths(), [PathBuf::from("c.pem"), "k.pem".into()]);
         assert!(!m.has_client_auth());
-        let m = m.with_client_ca_dir("cas").with_client_ca("ca.pem");
+        let m = m
+            .with_key_passphrase_file("pass")
+            .with_crl("a.crl")
+            .with_client_ca_dir("cas")
+            .with_client_ca("ca.pem")
+            .with_crl("b.crl");
         assert_eq!(
             m.paths(),
             [
                 PathBuf::from("c.pem"),
                 "k.pem".into(),
                 "ca.pem".into(),
-                "cas".into()
+                "cas".into(),
+                "a.crl".into(),
+                "b.crl".into(),
+                "pass".into(),
             ]
         );
+        assert_eq!(m.crls(), [PathBuf::from("a.crl"), "b.crl".into()]);
+        assert_eq!(m.key_passphrase_file(), Some(Path::new("pass")));
         assert!(m.has_client_auth());
         assert_eq!(m.client_ca(), Some(Path::new("ca.pem")));
         assert_eq!(m.client_ca_dir(), Some(Path::new("cas")));
+    }
+
+    #[test]
+    fn the_passphrase_loses_its_trailing_newlines_only() {
+        let bytes = MaterialBytes::new("c", "", "k", "");
+        assert!(bytes.passphrase().is_none());
+        for (written, used) in [
+            (&b"s3cret w0rd\n"[..], &b"s3cret w0rd"[..]),
+            (b"s3cret w0rd\r\n\n", b"s3cret w0rd"),
+            (b" s3cret w0rd ", b" s3cret w0rd "),
+            (b"\n\n", b""),
+        ] {
+            let bytes = MaterialBytes::new("c", "", "k", "").with_key_passphrase("p", written);
+            assert_eq!(bytes.passphrase(), Some((used, Path::new("p"))));
+            let debug = format!("{bytes:?}");
+            assert!(!debug.contains("s3cret"), "{debug}");
+        }
     }
 }

@@ -23,7 +23,7 @@ pub enum Label {
     RsaPrivateKey,
     /// `EC PRIVATE KEY` (SEC1)
     EcPrivateKey,
-    /// `ENCRYPTED PRIVATE KEY` (PKCS#8, encrypted; not supported)
+    /// `ENCRYPTED PRIVATE KEY` (PKCS#8, encrypted with a passphrase)
     EncryptedPrivateKey,
     /// `PUBLIC KEY`
     PublicKey,
@@ -138,6 +138,11 @@ pub enum PemProblem {
         /// The section's label.
         label: Label,
     },
+    /// The section starts with an encryption header (`Proc-Type`, as
+    /// `openssl rsa -aes256` writes): a key encrypted in OpenSSL's legacy
+    /// PEM format, which is not supported. Convert it with
+    /// `openssl pkcs8 -topk8 -v2 aes-256-cbc`.
+    LegacyEncryption,
 }
 
 impl fmt::Display for PemProblem {
@@ -173,6 +178,10 @@ impl fmt::Display for PemProblem {
                 "the body of this {label} section is not valid base64 (truncated or padded wrong)"
             ),
             Self::EmptyBody { label } => write!(f, "this {label} section has an empty body"),
+            Self::LegacyEncryption => f.write_str(
+                "this section is encrypted in OpenSSL's legacy PEM format (a Proc-Type header), \
+                 which is not supported; convert it with `openssl pkcs8 -topk8 -v2 aes-256-cbc`",
+            ),
         }
     }
 }
@@ -260,6 +269,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Section>, PemError> {
                     return Err(err(PemProblem::NestedBegin { begin_line }));
                 } else if find(line, END).is_some() {
                     return Err(err(PemProblem::TextBeforeEnd));
+                } else if body.is_empty() && is_encryption_header(line) {
+                    return Err(PemError {
+                        line: begin_line,
+                        problem: PemProblem::LegacyEncryption,
+                    });
                 } else if !line
                     .iter()
                     .all(|&b| is_base64(b) || b == b' ' || b == b'\t')
@@ -334,6 +348,13 @@ fn decode(label: Label, body: &[&[u8]]) -> Result<Vec<u8>, PemProblem> {
         Ok((_, der)) if !der.is_empty() => Ok(der),
         _ => Err(PemProblem::BadBase64 { label }),
     }
+}
+
+/// Whether `line` is RFC 1421's `Proc-Type: 4,ENCRYPTED` header, which
+/// OpenSSL's legacy encrypted keys start with.
+fn is_encryption_header(line: &[u8]) -> bool {
+    line.strip_prefix(b"Proc-Type:")
+        .is_some_and(|value| find(value, b"ENCRYPTED").is_some())
 }
 
 fn is_base64(b: u8) -> bool {
@@ -432,6 +453,14 @@ mod tests {
         );
         let junk = "-----BEGIN PRIVATE KEY-----\nnot base64 at all!\n-----END PRIVATE KEY-----\n";
         assert_eq!(problem(junk).problem, PemProblem::NotBase64);
+        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                      DEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\n\
+                      AAAA\n-----END RSA PRIVATE KEY-----\n";
+        let error = problem(legacy);
+        assert_eq!(
+            (error.line, error.problem),
+            (1, PemProblem::LegacyEncryption)
+        );
         let empty = "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
         assert_eq!(
             problem(empty).problem,

@@ -21,6 +21,7 @@ pub struct Template {
     pub(crate) check_validity: bool,
     pub(crate) max_file_size: u64,
     pub(crate) session_tickets: bool,
+    pub(crate) enforce_crl_expiry: bool,
     pub(crate) configure: Vec<Configure>,
 }
 
@@ -48,6 +49,7 @@ impl Template {
             check_validity: true,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             session_tickets: false,
+            enforce_crl_expiry: false,
             configure: Vec::new(),
         }
     }
@@ -117,6 +119,26 @@ impl Template {
         self
     }
 
+    /// Whether a CRL past its `nextUpdate` is refused (default: off).
+    ///
+    /// Off, as rustls does by default, an expired CRL stays in force: the
+    /// build succeeds with a warning and
+    /// [`Built::crl_expired`](crate::Built::crl_expired) says so. On, a
+    /// build refuses an expired CRL ([`BuildError::CrlExpired`]; the config
+    /// being served stays), and handshakes check each CRL's `nextUpdate`
+    /// too, so a client is refused once the CRL that covers it expires
+    /// and until a fresh one is loaded. A change of this setting resets
+    /// resumption, like a CRL change.
+    pub fn enforce_crl_expiry(mut self, on: bool) -> Self {
+        self.enforce_crl_expiry = on;
+        self
+    }
+
+    /// The setting of [`enforce_crl_expiry`](Template::enforce_crl_expiry).
+    pub fn enforces_crl_expiry(&self) -> bool {
+        self.enforce_crl_expiry
+    }
+
     /// Adds a last-word tweak applied to every built config, after everything
     /// else. Tweaks run in the order they were added.
     ///
@@ -139,6 +161,7 @@ impl fmt::Debug for Template {
             .field("check_validity", &self.check_validity)
             .field("max_file_size", &self.max_file_size)
             .field("session_tickets", &self.session_tickets)
+            .field("enforce_crl_expiry", &self.enforce_crl_expiry)
             .field(
                 "configure",
                 &self.configure.iter().map(|_| "<fn>").collect::<Vec<_>>(),
