@@ -2,10 +2,12 @@
 //! serials.
 
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams,
+    SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
 
 /// A certificate authority made with rcgen.
 pub struct Ca {
@@ -143,6 +145,49 @@ impl Ca {
         Leaf { cert, key }
     }
 
+    /// A CRL of this CA revoking `revoked`, issued on 2020-01-01 and due
+    /// again in 2099, in PEM.
+    pub fn crl(&self, revoked: &[&Leaf]) -> String {
+        self.crl_until(revoked, date_time_ymd(2099, 1, 1))
+    }
+
+    /// A CRL of this CA revoking `revoked`, issued on 2020-01-01, whose
+    /// `nextUpdate` is `next_update` (in the past: an expired CRL), in PEM.
+    pub fn crl_until(&self, revoked: &[&Leaf], next_update: OffsetDateTime) -> String {
+        self.crl_dated(revoked, date_time_ymd(2020, 1, 1), next_update)
+    }
+
+    /// A CRL of this CA revoking `revoked`, issued at `this_update` and due
+    /// again at `next_update`, in PEM.
+    pub fn crl_dated(
+        &self,
+        revoked: &[&Leaf],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> String {
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(revoked.len() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|leaf| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&leaf.raw_serial()),
+                    revocation_time: date_time_ymd(2020, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("CRL")
+            .pem()
+            .expect("CRL PEM")
+    }
+
     /// The CA certificate in PEM.
     pub fn pem(&self) -> String {
         self.cert.pem()
@@ -174,6 +219,15 @@ impl Leaf {
     /// it, read from the certificate.
     pub fn serial_hex(&self) -> String {
         crate::der_serial_hex(self.cert.der()).expect("an rcgen certificate parses")
+    }
+
+    /// The certificate's serial as DER holds it (a leading zero when the
+    /// high bit is set), for a CRL entry.
+    pub fn raw_serial(&self) -> Vec<u8> {
+        use x509_parser::prelude::FromDer;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(self.cert.der())
+            .expect("an rcgen certificate parses");
+        cert.raw_serial().to_vec()
     }
 
     /// The chain, just this certificate, in DER.
