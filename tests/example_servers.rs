@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tls_reload::acceptor::Materials;
 use tls_reload_testkit::{
-    client_config, fetch_serial, run_within, write_atomic, write_pair, Ca, Leaf, Process, DEADLINE,
+    client_config, fetch_serial, openssl, run_within, write_atomic, write_pair, Ca, Leaf, Process,
+    DEADLINE,
 };
 
 const SERVERS: [&str; 2] = ["smol_server", "async_std_server"];
@@ -204,6 +205,64 @@ fn client_ca_and_client_ca_dir_require_a_client_certificate() {
             smol::block_on(fetch_serial(server.addr, &authenticated))
                 .unwrap_or_else(|e| panic!("{name} {flag}: a client of the CA is admitted: {e}"));
         }
+    }
+}
+
+#[test]
+fn crl_and_key_passphrase_file_flags() {
+    for name in SERVERS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, clients) = (Ca::new("server CA"), Ca::new("client CA"));
+        let materials = write_pair(dir.path(), &ca.leaf(0x1601));
+        let pass = dir.path().join("tls.pass");
+        std::fs::write(&pass, "example passphrase\n").expect("write passphrase");
+        let pass_arg = format!("file:{}", pass.display());
+        openssl(
+            dir.path(),
+            &[
+                "pkcs8", "-topk8", "-scrypt", "-in", "tls.key", "-out", "tls.enc", "-passout",
+                &pass_arg,
+            ],
+        );
+        std::fs::rename(dir.path().join("tls.enc"), materials.key()).expect("rename");
+        let bundle = dir.path().join("clients.pem");
+        std::fs::write(&bundle, clients.pem()).expect("write CA");
+        let (revoked, kept) = (clients.leaf(0x1602), clients.leaf(0x1603));
+        let crl = dir.path().join("clients.crl");
+        std::fs::write(&crl, clients.crl(&[&revoked])).expect("write CRL");
+        let server = Server::start(
+            name,
+            &[
+                "--cert",
+                path_str(materials.cert()),
+                "--key",
+                path_str(materials.key()),
+                "--key-passphrase-file",
+                path_str(&pass),
+                "--client-ca",
+                path_str(&bundle),
+                "--crl",
+                path_str(&crl),
+                "--interval-ms",
+                "50",
+            ],
+        );
+        let fetch = |leaf: &Leaf| {
+            smol::block_on(fetch_serial(server.addr, &client_config(&ca, Some(leaf))))
+        };
+        fetch(&kept).unwrap_or_else(|e| panic!("{name}: a client of the CA is admitted: {e}"));
+        assert!(
+            fetch(&revoked).is_err(),
+            "{name}: the revoked client is refused"
+        );
+
+        write_atomic(&crl, clients.crl(&[&revoked, &kept]));
+        let applied = server.expect_line("reload applied ");
+        assert!(
+            applied.starts_with("reload applied generation=2 "),
+            "{name}: {applied}"
+        );
+        assert!(fetch(&kept).is_err(), "{name}: revoked by the new CRL");
     }
 }
 

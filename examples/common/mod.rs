@@ -12,7 +12,8 @@ use tls_reload::acceptor::{Builder, ReloadEvent, ReloadingAcceptor, TlsStream};
 use tls_reload::detect::Strategy;
 
 pub(crate) const USAGE: &str = "\
-usage: --cert FILE --key FILE [--client-ca FILE] [--client-ca-dir DIR] [--interval-ms N (default 1000)]
+usage: --cert FILE --key FILE [--key-passphrase-file FILE] [--client-ca FILE] [--client-ca-dir DIR]
+       [--crl FILE (repeatable; needs a client CA)] [--interval-ms N (default 1000)]
        [--listen ADDR (default 127.0.0.1:8443; port 0 picks one)] [--detector hash|metadata|combined (default combined)]
        [--handshake-timeout-ms N (default 10000)] [--events on|off (default on)]";
 
@@ -23,6 +24,10 @@ pub(crate) struct Args {
     pub(crate) key: PathBuf,
     pub(crate) client_ca: Option<PathBuf>,
     pub(crate) client_ca_dir: Option<PathBuf>,
+    /// CRL files (PEM), each checked against the client CAs.
+    pub(crate) crls: Vec<PathBuf>,
+    /// The passphrase of an encrypted key, read at every reload.
+    pub(crate) key_passphrase_file: Option<PathBuf>,
     pub(crate) interval: Duration,
     pub(crate) listen: SocketAddr,
     pub(crate) detector: Strategy,
@@ -58,6 +63,7 @@ impl Args {
         let mut detector = Strategy::Combined;
         let mut handshake_timeout = Duration::from_millis(10_000);
         let mut events = true;
+        let (mut crls, mut key_passphrase_file) = (Vec::new(), None);
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -85,6 +91,8 @@ impl Args {
                 "--key" => key = Some(PathBuf::from(value()?)),
                 "--client-ca" => client_ca = Some(PathBuf::from(value()?)),
                 "--client-ca-dir" => client_ca_dir = Some(PathBuf::from(value()?)),
+                "--crl" => crls.push(PathBuf::from(value()?)),
+                "--key-passphrase-file" => key_passphrase_file = Some(PathBuf::from(value()?)),
                 "--interval-ms" => interval = millis(value()?)?,
                 "--handshake-timeout-ms" => handshake_timeout = millis(value()?)?,
                 "--listen" => listen = value()?,
@@ -109,6 +117,8 @@ impl Args {
             key: key.ok_or("--key is required")?,
             client_ca,
             client_ca_dir,
+            crls,
+            key_passphrase_file,
             interval,
             listen,
             detector,
@@ -130,6 +140,12 @@ impl Args {
         }
         if let Some(dir) = &self.client_ca_dir {
             builder = builder.client_ca_dir(dir);
+        }
+        for file in &self.crls {
+            builder = builder.crl(file);
+        }
+        if let Some(file) = &self.key_passphrase_file {
+            builder = builder.key_passphrase_file(file);
         }
         builder
     }

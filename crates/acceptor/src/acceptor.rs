@@ -243,6 +243,22 @@ impl Builder {
         self
     }
 
+    /// Refuses client certificates revoked by a CRL of this PEM file (one or
+    /// more `X509 CRL` sections); may be given several times. See
+    /// [`Materials::with_crl`]: each CRL must be signed by a client CA, and
+    /// one that is not, or does not parse, fails the reload.
+    pub fn crl(mut self, file: impl Into<PathBuf>) -> Self {
+        self.materials = self.materials.with_crl(file);
+        self
+    }
+
+    /// Decrypts an encrypted PKCS#8 key with the passphrase in this file,
+    /// read at every reload. See [`Materials::with_key_passphrase_file`].
+    pub fn key_passphrase_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.materials = self.materials.with_key_passphrase_file(file);
+        self
+    }
+
     /// Everything but the files: crypto provider, protocol versions, ALPN,
     /// client auth mode. Default: [`Template::from_default_provider`].
     pub fn template(mut self, template: Template) -> Self {

@@ -10,7 +10,8 @@ use tls_reload_acceptor::{Builder, ReloadingAcceptor};
 /// One line on how to call the proxy, printed after an argument error.
 pub(crate) const USAGE: &str = "\
 usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
-                        [--client-ca FILE] [--client-ca-dir DIR] [--interval DURATION]
+                        [--key-passphrase-file FILE] [--client-ca FILE] [--client-ca-dir DIR]
+                        [--crl FILE]... [--interval DURATION]
                         [--events on|off] [--status ADDR] [--max-connections N] [--handshake-timeout DURATION]
                         [--connect-timeout DURATION] [--drain-timeout DURATION] [--threads N]
        tls-reload-proxy --help";
@@ -18,7 +19,7 @@ usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
 /// What `--help` prints.
 pub(crate) const HELP: &str = "\
 tls-reload-proxy: terminates TLS and forwards the plaintext to a TCP target.
-The certificate, key and client CAs are re-read when they change on disk
+The certificate, key, client CAs and CRLs are re-read when they change on disk
 (and on SIGHUP); open connections keep going, new ones get the new files.
 
 usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE [options]
@@ -29,13 +30,22 @@ required:
   --target HOST:PORT         plaintext TCP service to forward to, e.g. 127.0.0.1:6379;
                              a host name is resolved for every connection
   --cert FILE                PEM certificate chain, leaf first
-  --key FILE                 PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1)
+  --key FILE                 PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1,
+                             or encrypted PKCS#8 with --key-passphrase-file)
 
 options:
+  --key-passphrase-file FILE decrypt an ENCRYPTED PRIVATE KEY (PKCS#8, PBES2 with
+                             PBKDF2 or scrypt, as openssl pkcs8 -topk8 writes) with
+                             the passphrase in FILE (trailing newlines ignored),
+                             re-read at every reload
   --client-ca FILE           require client certificates signed by a CA in this
                              PEM bundle (every certificate in it is trusted)
   --client-ca-dir DIR        require client certificates signed by a CA in one of
                              this directory's files (combines with --client-ca)
+  --crl FILE                 refuse client certificates revoked by the CRLs in this
+                             PEM file; repeatable. Each CRL must be signed by a
+                             client CA, or the reload fails and the old trust stays;
+                             a client whose CA has no CRL is refused
   --interval DURATION        how often the files are checked for changes [default: 1s]
   --events on|off            on: file-system events (inotify) wake a check at once,
                              with --interval as the backstop; off: poll only [default: on]
@@ -86,6 +96,10 @@ pub(crate) struct Args {
     pub(crate) client_ca: Option<PathBuf>,
     /// A directory of client CAs, for mTLS.
     pub(crate) client_ca_dir: Option<PathBuf>,
+    /// CRL files (PEM), checked against the client CAs.
+    pub(crate) crls: Vec<PathBuf>,
+    /// The passphrase of an encrypted key.
+    pub(crate) key_passphrase_file: Option<PathBuf>,
     /// How often the files are checked.
     pub(crate) interval: Duration,
     /// Whether file-system events wake a check.
@@ -146,6 +160,12 @@ impl Args {
         if let Some(dir) = &self.client_ca_dir {
             builder = builder.client_ca_dir(dir);
         }
+        for file in &self.crls {
+            builder = builder.crl(file);
+        }
+        if let Some(file) = &self.key_passphrase_file {
+            builder = builder.key_passphrase_file(file);
+        }
         builder
     }
 }
@@ -162,6 +182,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.into())),
             _ => (arg, None),
         };
+        if flag == "--crl" {
+            // The one flag that may be given more than once.
+            let value = inline
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))?;
+            raw.crls.push(value);
+            continue;
+        }
         let slot = raw
             .slot(&flag)
             .ok_or_else(|| format!("unknown argument {flag:?}"))?;
@@ -219,6 +247,8 @@ struct Raw {
     key: Option<String>,
     client_ca: Option<String>,
     client_ca_dir: Option<String>,
+    crls: Vec<String>,
+    key_passphrase_file: Option<String>,
     interval: Option<String>,
     events: Option<String>,
     status: Option<String>,
@@ -238,6 +268,7 @@ impl Raw {
             "--key" => &mut self.key,
             "--client-ca" => &mut self.client_ca,
             "--client-ca-dir" => &mut self.client_ca_dir,
+            "--key-passphrase-file" => &mut self.key_passphrase_file,
             "--interval" => &mut self.interval,
             "--events" => &mut self.events,
             "--status" => &mut self.status,
@@ -260,6 +291,9 @@ impl Raw {
         let target = required(self.target, "--target")?;
         let cert = required(self.cert, "--cert")?;
         let key = required(self.key, "--key")?;
+        if self.crls.iter().any(String::is_empty) {
+            return Err("--crl needs a file".into());
+        }
         Ok(Args {
             listen: socket_addr("--listen", &listen)?,
             target: target_of(&target)?,
@@ -267,6 +301,8 @@ impl Raw {
             key: key.into(),
             client_ca: self.client_ca.map(PathBuf::from),
             client_ca_dir: self.client_ca_dir.map(PathBuf::from),
+            crls: self.crls.into_iter().map(PathBuf::from).collect(),
+            key_passphrase_file: self.key_passphrase_file.map(PathBuf::from),
             interval: positive("--interval", self.interval, Duration::from_secs(1))?,
             events: match self.events.as_deref() {
                 None | Some("on") => true,
@@ -357,6 +393,10 @@ mod tests {
         }
     }
 
+    fn args_err(line: &str) -> String {
+        args(line).unwrap_err()
+    }
+
     const BASE: &str = "--listen 127.0.0.1:0 --target 127.0.0.1:6379 --cert c.pem --key k.pem";
 
     #[test]
@@ -409,6 +449,21 @@ mod tests {
         assert_eq!(args.connect_timeout, Duration::from_secs(1));
         assert_eq!(args.drain_timeout, Duration::ZERO);
         assert_eq!(args.threads, 3);
+    }
+
+    #[test]
+    fn crl_is_repeatable_and_the_passphrase_file_is_not() {
+        let args = run(&format!(
+            "{BASE} --crl a.crl --key-passphrase-file=pass --crl=b.crl"
+        ));
+        assert_eq!(args.crls, [PathBuf::from("a.crl"), "b.crl".into()]);
+        assert_eq!(args.key_passphrase_file, Some("pass".into()));
+        assert!(args_err(&format!("{BASE} --crl")).contains("--crl needs a value"));
+        assert!(args_err(&format!("{BASE} --crl=")).contains("--crl needs a file"));
+        assert!(args_err(&format!(
+            "{BASE} --key-passphrase-file a --key-passphrase-file b"
+        ))
+        .contains("given twice"));
     }
 
     #[test]
