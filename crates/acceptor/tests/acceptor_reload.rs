@@ -219,6 +219,8 @@ async fn events_and_status_follow_a_rotation<R: Runtime>() -> Result<()> {
     // 2040-01-01T00:00:00Z
     let not_after = UNIX_EPOCH + Duration::from_secs(2_208_988_800);
     let next = f.ca.leaf_with(0x2002, f.first.key_copy(), |params| {
+        // Not in the last third of its lifetime (no expiry warning).
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
         params.not_after = rcgen::date_time_ymd(2040, 1, 1);
     });
     let before = SystemTime::now();
