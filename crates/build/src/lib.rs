@@ -19,8 +19,12 @@
 //!   (file, line) in words: no error, log line or `Debug` output carries a
 //!   byte of a material file, whatever the input. A key flattened onto one
 //!   line (newlines turned into spaces or a literal `\n`) is named as such.
-//! - Keys may be PKCS#8, PKCS#1 (RSA) or SEC1 (EC); certificates RSA, ECDSA
-//!   or Ed25519, with intermediates after the leaf. **Every** certificate of
+//! - Keys may be PKCS#8, PKCS#1 (RSA) or SEC1 (EC), or an encrypted PKCS#8
+//!   key (PBES2 with PBKDF2 or scrypt, AES-CBC) with a passphrase file read
+//!   at every build ([`Materials::with_key_passphrase_file`]); neither the
+//!   passphrase nor the decrypted key is logged or shown, and both are
+//!   overwritten once used. Certificates may be RSA, ECDSA or Ed25519,
+//!   with intermediates after the leaf. **Every** certificate of
 //!   the chain must parse as X.509 (a broken intermediate fails every
 //!   handshake, so it is refused, naming its position); a certificate not
 //!   named as the issuer of the one before it only draws a warning, since
@@ -36,9 +40,16 @@
 //!   of it with a warning ([`Built::sends_ca_names`]) rather than build a
 //!   config whose every mTLS handshake fails; clients then pick their
 //!   certificate without the hint.
+//! - CRL files ([`Materials::with_crl`]) are part of the trust: each CRL is
+//!   parsed as rustls parses it and must be signed by a client CA, or the
+//!   build fails. Past its `nextUpdate` a CRL is served with a warning
+//!   ([`Built::crl_expired`]) or, with [`Template::enforce_crl_expiry`],
+//!   refused. [`Built::crls`] and [`Built::client_cas`] describe them for a
+//!   status page.
 //! - Given the config being served, a build whose trust is unchanged reuses its
 //!   session storage and ticketer, so clients keep resuming across a
-//!   certificate rotation; a build whose client CAs changed starts fresh, so no
+//!   certificate rotation; a build whose client CAs or CRLs changed starts
+//!   fresh, so no
 //!   session authenticated under the old trust resumes under the new one.
 //! - The crypto provider comes from the [`Template`]; [`ServerConfig::builder`]
 //!   (which panics without a single process default provider) is never called.
