@@ -95,7 +95,7 @@ pub use status::{Events, ReloadEvent, SkipReason, Status};
 pub use futures_rustls::server::TlsStream;
 pub use rustls;
 pub use tls_reload_build::{
-    BuildError, Built, ClientAuth, LeafInfo, Materials, Resumption, Template,
+    BuildError, Built, CaInfo, ClientAuth, CrlInfo, LeafInfo, Materials, Resumption, Template,
 };
 /// A detector driven by hand, for tests (feature `test-util`).
 #[cfg(feature = "test-util")]

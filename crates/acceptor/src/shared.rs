@@ -59,7 +59,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use tls_reload_build::{BuildError, Built, Materials, Template};
+use tls_reload_build::{BuildError, Built, CaInfo, LeafInfo, Materials, Template};
 use tls_reload_detect::{Detection, EventWatch, Fingerprint, Watcher};
 
 mod engine;
@@ -247,6 +247,8 @@ impl Shared {
             materials: state.materials.clone(),
             files: state.current.files().to_vec(),
             detection: state.detection.clone(),
+            client_cas: state.current.client_cas().to_vec(),
+            crls: state.current.crls().to_vec(),
         }
     }
 
@@ -284,7 +286,15 @@ impl Shared {
         let due = {
             let mut state = self.state();
             let current = state.current.clone();
-            let certs = [(CertKind::Leaf, current.leaf())];
+            let cas: Vec<LeafInfo> = current
+                .client_cas()
+                .iter()
+                .map(CaInfo::certificate)
+                .collect();
+            let certs: Vec<(CertKind, &LeafInfo)> =
+                std::iter::once((CertKind::Leaf, current.leaf()))
+                    .chain(cas.iter().map(|ca| (CertKind::ClientCa, ca)))
+                    .collect();
             state
                 .expiry
                 .check(&certs, SystemTime::now(), Instant::now())

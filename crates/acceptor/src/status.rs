@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use futures::Stream;
-use tls_reload_build::{LeafInfo, Materials, Resumption};
+use tls_reload_build::{CaInfo, CrlInfo, LeafInfo, Materials, Resumption};
 use tls_reload_detect::Detection;
 
 use crate::{CertKind, ReloadError};
@@ -43,6 +43,11 @@ pub struct Status {
     /// backstop), or poll only and why (events off, no backend on this
     /// platform, a watch that could not be added, no reloader running).
     pub detection: Detection,
+    /// Every client CA now trusted (mTLS), with its not-after: expiry
+    /// warnings cover them like the leaf.
+    pub client_cas: Vec<CaInfo>,
+    /// The certificate revocation lists in force, with their `nextUpdate`.
+    pub crls: Vec<CrlInfo>,
 }
 
 /// Why a check did not lead to a build.

@@ -134,3 +134,49 @@ impl<F: std::future::Future<Output = Option<ReloadEvent>>> NowOrNever for F {
         futures::FutureExt::now_or_never(self).flatten()
     }
 }
+
+#[test]
+fn a_client_ca_in_its_window_is_reported_as_a_client_ca() -> anyhow::Result<()> {
+    Smol::block_on(async {
+        let dir = tempfile::tempdir()?;
+        let ca = Ca::new("server CA");
+        // A client CA valid from 10 s ago to 5 s from now: already in its
+        // last third at start.
+        let now = time::OffsetDateTime::now_utc();
+        let mut params = ca_params("short-lived clients");
+        params.not_before = now - time::Duration::seconds(10);
+        params.not_after = now + time::Duration::seconds(5);
+        let clients = Ca::from_parts(params, new_key());
+        let bundle = write_new(dir.path(), "clients.pem", clients.pem());
+        let materials = write_pair(dir.path(), &ca.leaf(0xe201)).with_client_ca(&bundle);
+        let acceptor = ReloadingAcceptor::builder(materials)
+            .template(Template::new(provider()))
+            .interval(Duration::from_millis(20))
+            .build()
+            .await?;
+        let status = acceptor.status();
+        assert_eq!(status.client_cas.len(), 1);
+        assert_eq!(status.client_cas[0].subject, "CN=short-lived clients");
+        let mut events = acceptor.events();
+        let _reloader = spawn::<Smol, _>(acceptor.reloader());
+        let first = timeout(DEADLINE, async {
+            events
+                .next()
+                .await
+                .ok_or_else(|| std::io::Error::other("events ended"))
+        })
+        .await?;
+        let ReloadEvent::ExpiresSoon { kind, certificate } = &first else {
+            panic!("{first:?}");
+        };
+        assert_eq!(*kind, CertKind::ClientCa);
+        assert_eq!(certificate.subject, "CN=short-lived clients");
+        assert!(
+            first
+                .to_string()
+                .starts_with("client CA certificate expires soon: serial="),
+            "{first}"
+        );
+        Ok(())
+    })
+}

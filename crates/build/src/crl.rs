@@ -14,7 +14,7 @@ use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::leaf::{from_unix, serial_hex, serial_magnitude, Rfc3339};
+use crate::leaf::{from_unix, serial_hex, Rfc3339};
 use crate::{BuildError, CrlProblem};
 
 /// What a status page shows about a trusted client CA.
@@ -31,8 +31,12 @@ pub struct CaInfo {
     /// The serial number's magnitude, big-endian, without DER's leading zero
     /// (one `0` byte for a zero serial).
     pub serial: Vec<u8>,
+    /// Start of the validity period.
+    pub not_before: SystemTime,
     /// End of the validity period.
     pub not_after: SystemTime,
+    /// SHA-256 of the certificate's DER encoding.
+    pub sha256: [u8; 32],
 }
 
 impl CaInfo {
@@ -47,12 +51,28 @@ impl CaInfo {
         Rfc3339(self.not_after).to_string()
     }
 
+    /// The certificate as a [`LeafInfo`](crate::LeafInfo) describes one
+    /// (serial, subject, validity, fingerprint), for what reports on any
+    /// certificate, such as expiry warnings.
+    pub fn certificate(&self) -> crate::LeafInfo {
+        crate::LeafInfo {
+            serial: self.serial.clone(),
+            subject: self.subject.clone(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            sha256: self.sha256,
+        }
+    }
+
     pub(crate) fn from_x509(path: &Path, cert: &X509Certificate<'_>) -> Self {
+        let leaf = crate::LeafInfo::from_x509(cert, cert.as_raw());
         Self {
             path: path.to_owned(),
-            subject: cert.subject().to_string(),
-            serial: serial_magnitude(cert.raw_serial()),
-            not_after: from_unix(cert.validity().not_after.timestamp()),
+            subject: leaf.subject,
+            serial: leaf.serial,
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            sha256: leaf.sha256,
         }
     }
 }

@@ -78,6 +78,18 @@ pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
         "last_error": status.last_error,
         "last_error_at": status.last_error_at.map(unix_seconds),
         "detection": status.detection.to_string(),
+        "client_cas": status.client_cas.iter().map(|ca| json!({
+            "serial": ca.serial_hex(),
+            "subject": ca.subject,
+            "not_after": unix_seconds(ca.not_after),
+            "file": ca.path.display().to_string(),
+        })).collect::<Vec<_>>(),
+        "crls": status.crls.iter().map(|crl| json!({
+            "issuer": crl.issuer,
+            "this_update": unix_seconds(crl.this_update),
+            "next_update": crl.next_update.map(unix_seconds),
+            "file": crl.path.display().to_string(),
+        })).collect::<Vec<_>>(),
         "leaf": {
             "serial": leaf.serial_hex(),
             "subject": leaf.subject,
@@ -96,7 +108,7 @@ pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
 
 /// The `/metrics` page in the Prometheus text format, version 0.0.4.
 pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
-    let metrics: [(&str, &str, &str, i128); 9] = [
+    let metrics: [(&str, &str, &str, i128); 8] = [
         (
             "tls_reload_reloads_applied_total",
             "counter",
@@ -114,12 +126,6 @@ pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
             "gauge",
             "Unix time the certificate now served was loaded.",
             unix_seconds(status.applied_at).into(),
-        ),
-        (
-            "tls_reload_certificate_not_after_seconds",
-            "gauge",
-            "Unix time the certificate now served expires.",
-            unix_seconds(status.leaf.not_after).into(),
         ),
         (
             "tls_reload_detection_events",
@@ -159,7 +165,53 @@ pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         );
     }
+    certificate_metrics(&mut out, status);
     out
+}
+
+/// The not-after of the served leaf and of every client CA, and the
+/// `nextUpdate` of every CRL in force, as labelled gauges.
+fn certificate_metrics(out: &mut String, status: &Status) {
+    let name = "tls_reload_certificate_not_after_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} Unix time a served certificate expires (kind: leaf or client_ca).\n# TYPE {name} gauge\n"
+    );
+    let certs = std::iter::once(("leaf", status.leaf.serial_hex(), status.leaf.not_after)).chain(
+        status
+            .client_cas
+            .iter()
+            .map(|ca| ("client_ca", ca.serial_hex(), ca.not_after)),
+    );
+    for (kind, serial, not_after) in certs {
+        let _ = writeln!(
+            out,
+            "{name}{{kind=\"{kind}\",serial=\"{serial}\"}} {}",
+            unix_seconds(not_after)
+        );
+    }
+    let name = "tls_reload_crl_next_update_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} Unix time a CRL in force is due to be replaced (its nextUpdate).\n# TYPE {name} gauge\n"
+    );
+    for crl in &status.crls {
+        if let Some(next) = crl.next_update {
+            let _ = writeln!(
+                out,
+                "{name}{{issuer=\"{}\"}} {}",
+                label_value(&crl.issuer),
+                unix_seconds(next)
+            );
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Seconds since the unix epoch, negative before it.
@@ -193,6 +245,14 @@ mod tests {
                 handshake_failures: 3,
                 target_connect_failures: 1,
             }
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            label_value("CN=a\\b, O=\"q\"\n"),
+            "CN=a\\\\b, O=\\\"q\\\"\\n"
         );
     }
 
