@@ -386,22 +386,39 @@ pub(crate) fn leak(
 }
 
 /// Whether `window`, found in both the input and the error, is the error's
-/// own text: the build of the input with every copy of `window` overwritten
-/// (by `0x01` bytes) still fails with a text that holds it.
+/// own text: with every copy of `window` in the input overwritten, the
+/// build still fails with a text that holds it. Two ways of overwriting are
+/// tried: each letter and digit moved one place along in its range (which
+/// keeps base64 base64 and a PEM's structure as it was, so the build fails
+/// the same way), then every byte set to `0x01`.
 fn own_wording(input: &[u8], window: &[u8], rerun: &dyn Fn(&[u8]) -> Option<String>) -> bool {
     let target = window_hashes(window, window.len()).next();
-    let mut blanked = input.to_vec();
-    let mut offset = 0;
-    while offset + window.len() <= blanked.len() {
-        if window_hashes(&blanked[offset..offset + window.len()], window.len()).next() == target {
-            blanked[offset..offset + window.len()].fill(1);
-            offset += window.len();
-        } else {
-            offset += 1;
+    let holds = |bytes: &[u8]| window_hashes(bytes, window.len()).any(|hash| Some(hash) == target);
+    let shift = |b: u8| match b {
+        b'A'..=b'Y' | b'a'..=b'y' | b'0'..=b'8' => b + 1,
+        b'Z' => b'A',
+        b'z' => b'a',
+        b'9' => b'0',
+        other => other,
+    };
+    [false, true].into_iter().any(|blank| {
+        let mut changed = input.to_vec();
+        let mut offset = 0;
+        while offset + window.len() <= changed.len() {
+            let part = &mut changed[offset..offset + window.len()];
+            if window_hashes(part, window.len()).next() == target {
+                if blank {
+                    part.fill(1);
+                } else {
+                    part.iter_mut().for_each(|b| *b = shift(*b));
+                }
+                offset += window.len();
+            } else {
+                offset += 1;
+            }
         }
-    }
-    rerun(&blanked).is_some_and(|text| {
-        window_hashes(text.as_bytes(), window.len()).any(|hash| Some(hash) == target)
+        // Sound only if the input no longer holds the window anywhere.
+        !holds(&changed) && rerun(&changed).is_some_and(|text| holds(text.as_bytes()))
     })
 }
 
