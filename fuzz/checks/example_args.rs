@@ -71,6 +71,14 @@ fn flags_of(args: &Args) -> Vec<String> {
         args.detector.to_string(),
         "--handshake-timeout-ms".to_owned(),
         args.handshake_timeout.as_millis().to_string(),
+        "--events".to_owned(),
+        if args.events { "on" } else { "off" }.to_owned(),
     ]);
+    for crl in &args.crls {
+        flags.extend(["--crl".to_owned(), path(crl)]);
+    }
+    if let Some(file) = &args.key_passphrase_file {
+        flags.extend(["--key-passphrase-file".to_owned(), path(file)]);
+    }
     flags
 }
