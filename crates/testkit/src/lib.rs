@@ -4,14 +4,15 @@
 //! ([`write_atomic`], [`SecretVolume`], ...), deadlines ([`wait_until`],
 //! [`DEADLINE`]), a loopback rustls client that reads the served serial
 //! with x509-parser ([`fetch_serial`]), the two runtimes behind one trait
-//! ([`Runtime`], [`on_both_runtimes!`]), captured logs and child
-//! processes.
+//! ([`Runtime`], [`on_both_runtimes!`]), captured logs, child processes,
+//! and a check that no bytes of a key show ([`assert_no_pem_bytes`]).
 //!
 //! Not published; helpers panic with a message instead of returning errors.
 
 mod client;
 mod files;
 mod io;
+mod leaks;
 mod logs;
 mod pki;
 mod process;
@@ -27,6 +28,7 @@ pub use files::{
     write_new, write_pair, SecretVolume,
 };
 pub use io::Silent;
+pub use leaks::{assert_no_pem_bytes, byte_list, pem_body_windows, LEAK_WINDOW};
 pub use logs::{init_tracing, Captured};
 pub use pki::{ca_params, ca_pem, key_copy, leaf_params, new_key, Ca, Leaf};
 pub use process::{run_within, Process};
