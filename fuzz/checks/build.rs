@@ -73,12 +73,9 @@ pub(crate) fn materials(data: &[u8]) {
             // What a status page or log shows of a build holds nothing of
             // the private key (the certificate's serial and subject it may).
             let key = data.split(|&b| b == SEPARATOR).nth(1).unwrap_or_default();
-            assert_no_leak(
-                &private_key_lines(key),
-                &format!("{built:?}"),
-                &names,
-                &|_| None,
-            );
+            let shown = format!("{built:?}");
+            assert_no_leak(&private_key_lines(key), &shown, &names, &|_| None);
+            assert_no_passphrase(data, &shown, &|_| None);
             // A rebuild of the same bytes, given the first as the served
             // build (the reload path), succeeds with the same leaf.
             let again = build_from_bytes(&bytes, template(), Some(&built))
@@ -89,12 +86,11 @@ pub(crate) fn materials(data: &[u8]) {
                 "the same bytes give the same leaf"
             );
         }
-        Err(error) => assert_no_leak(
-            data,
-            &format!("{error} {error:?}"),
-            &names,
-            &materials_error,
-        ),
+        Err(error) => {
+            let text = format!("{error} {error:?}");
+            assert_no_leak(data, &text, &names, &materials_error);
+            assert_no_passphrase(data, &text, &materials_error);
+        }
     }
 }
 
@@ -156,19 +152,73 @@ fn pem(label: &str, der: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The materials a `materials` input describes, and their names.
+/// The materials a `materials` input describes, and their names. After the
+/// certificate and the key, a part that starts with `passphrase:` is the
+/// key's passphrase (the rest of the part), one that holds `X509 CRL` a CRL
+/// file, and any other a client CA bundle.
 fn material_bytes(data: &[u8]) -> (MaterialBytes, Vec<String>) {
     let mut parts = data.split(|&b| b == SEPARATOR);
     let cert = parts.next().unwrap_or_default();
     let key = parts.next().unwrap_or_default();
-    let mut names = vec!["cert.pem".to_owned(), "key.pem".to_owned()];
-    let mut bytes = MaterialBytes::new(&names[0], cert, &names[1], key);
-    for (i, bundle) in parts.take(MAX_PARTS).enumerate() {
-        let name = format!("ca-{i}.pem");
-        bytes = bytes.with_client_ca(&name, bundle);
-        names.push(name);
+    let mut bytes = MaterialBytes::new("cert.pem", cert, "key.pem", key);
+    // The names in the order a build lists its files: certificate, key,
+    // client CAs, CRLs, passphrase.
+    let (mut cas, mut crls, mut passphrase) = (Vec::new(), Vec::new(), None);
+    for (i, part) in parts.take(MAX_PARTS).enumerate() {
+        if let Some(secret) = part.strip_prefix(PASSPHRASE) {
+            bytes = bytes.with_key_passphrase("passphrase.txt", secret);
+            passphrase = Some("passphrase.txt".to_owned());
+        } else if part.windows(8).any(|w| w == b"X509 CRL") {
+            let name = format!("crl-{i}.pem");
+            bytes = bytes.with_crl(&name, part);
+            crls.push(name);
+        } else {
+            let name = format!("ca-{i}.pem");
+            bytes = bytes.with_client_ca(&name, part);
+            cas.push(name);
+        }
     }
+    let names = ["cert.pem".to_owned(), "key.pem".to_owned()]
+        .into_iter()
+        .chain(cas)
+        .chain(crls)
+        .chain(passphrase)
+        .collect();
     (bytes, names)
+}
+
+/// What starts a `materials` part that is the key's passphrase.
+const PASSPHRASE: &[u8] = b"passphrase:";
+
+/// Every passphrase part of a `materials` input, as the build uses it
+/// (trailing newlines stripped), when at least 8 bytes long: shorter ones
+/// may be in any text by chance.
+fn passphrases(data: &[u8]) -> Vec<&[u8]> {
+    data.split(|&b| b == SEPARATOR)
+        .skip(2)
+        .take(MAX_PARTS)
+        .filter_map(|part| part.strip_prefix(PASSPHRASE))
+        .map(|p| {
+            let end = p
+                .iter()
+                .rposition(|&b| b != b'\n' && b != b'\r')
+                .map_or(0, |i| i + 1);
+            &p[..end]
+        })
+        .filter(|p| p.len() >= 8)
+        .collect()
+}
+
+/// Panics when `text` holds one of the input's passphrases (see
+/// [`passphrases`]) that is not the text's own wording (see [`leak`]).
+fn assert_no_passphrase(data: &[u8], text: &str, rerun: &dyn Fn(&[u8]) -> Option<String>) {
+    for passphrase in passphrases(data) {
+        let target = window_hashes(passphrase, passphrase.len()).next();
+        let held = window_hashes(text.as_bytes(), passphrase.len()).any(|h| Some(h) == target);
+        if held && !own_wording(data, passphrase, rerun) {
+            panic!("the key's passphrase is in an error or Debug output:\n{text}");
+        }
+    }
 }
 
 /// The error text (`Display` and `Debug`) of a `materials` input's build.

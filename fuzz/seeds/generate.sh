@@ -16,6 +16,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+join() { # out parts... (NUL between parts)
+    local out=$1 first=1
+    shift
+    : >"$out"
+    for part in "$@"; do
+        if [ $first = 0 ]; then printf '\0' >>"$out"; fi
+        first=0
+        cat "$part" >>"$out"
+    done
+}
+
 # materials_der/ from the materials/ seeds: the first certificate's DER and
 # the key's DER (see der_as_materials in fuzz/checks/build.rs). Run alone
 # with `generate.sh der` to redo only these.
@@ -45,6 +56,50 @@ PY
 }
 if [ "${1:-}" = der ]; then
     der_seeds
+    exit 0
+fi
+
+# materials/ seeds for encrypted keys and CRLs: a self-signed ECDSA leaf
+# with its key encrypted (PBES2, PBKDF2 + AES-256-CBC, OpenSSL's 2,048
+# iterations) and the passphrase part; a client CA with an empty CRL and
+# one that revokes a serial. Run alone with `generate.sh secrets`.
+secret_seeds() {
+    local w
+    w=$(mktemp -d)
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$w/leaf.key" 2>/dev/null
+    openssl req -x509 -new -key "$w/leaf.key" -out "$w/leaf.crt" -days 36500 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost" 2>/dev/null
+    openssl pkcs8 -topk8 -v2 aes-256-cbc -iter 2048 -in "$w/leaf.key" -out "$w/leaf.enc.key" \
+        -passout pass:correct-horse-battery 2>/dev/null
+    printf 'passphrase:correct-horse-battery\n' >"$w/pass"
+    printf 'passphrase:wrong-passphrase\n' >"$w/wrong"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$w/ca.key" 2>/dev/null
+    openssl req -x509 -new -key "$w/ca.key" -out "$w/ca.crt" -days 36500 -subj /CN=client-ca \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    (
+        cd "$w"
+        : >index.txt
+        echo 01 >crlnumber
+        printf '[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\ncrlnumber=crlnumber\ndefault_md=sha256\ndefault_crl_days=36500\n' >ca.cnf
+        openssl ca -config ca.cnf -gencrl -keyfile ca.key -cert ca.crt -out empty.crl 2>/dev/null
+        # Revoke a client certificate the CA issued.
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout client.key \
+            -out client.csr -subj /CN=client 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 36500 \
+            -out client.crt 2>/dev/null
+        openssl ca -config ca.cnf -keyfile ca.key -cert ca.crt -revoke client.crt 2>/dev/null
+        openssl ca -config ca.cnf -gencrl -keyfile ca.key -cert ca.crt -out revoked.crl 2>/dev/null
+    )
+    mkdir -p materials
+    join materials/encrypted-key "$w/leaf.crt" "$w/leaf.enc.key" "$w/pass"
+    join materials/encrypted-key-wrong "$w/leaf.crt" "$w/leaf.enc.key" "$w/wrong"
+    join materials/crl-empty "$w/leaf.crt" "$w/leaf.key" "$w/ca.crt" "$w/empty.crl"
+    join materials/crl-revoked "$w/leaf.crt" "$w/leaf.key" "$w/ca.crt" "$w/revoked.crl"
+    join materials/crl-without-ca "$w/leaf.crt" "$w/leaf.key" "$w/revoked.crl"
+    rm -rf "$w"
+}
+if [ "${1:-}" = secrets ]; then
+    secret_seeds
     exit 0
 fi
 work=$(mktemp -d)
@@ -84,16 +139,6 @@ ossl x509 -req -in "$work/leaf.csr" -CA "$work/int.crt" -CAkey "$work/int.key" -
 cat "$work/leaf.crt" "$work/int.crt" >"$work/chain.crt"
 cat "$work/root.crt" "$work/int.crt" >"$work/bundle.crt"
 
-join() { # out parts... (NUL between parts)
-    local out=$1 first=1
-    shift
-    : >"$out"
-    for part in "$@"; do
-        if [ $first = 0 ]; then printf '\0' >>"$out"; fi
-        first=0
-        cat "$part" >>"$out"
-    done
-}
 
 rm -rf materials ca_dir status_request proxy_args example_args
 mkdir -p materials ca_dir status_request proxy_args example_args
@@ -111,6 +156,7 @@ cat "$work/ec.key" "$work/ec.crt" >"$work/both.pem"
 join materials/both-in-one "$work/both.pem" "$work/both.pem"
 printf -- '-----BEGIN CERTIFICATE-----\r\nMIIB\r\n-----END CERTIFICATE-----\r\n' >"$work/crlf.crt"
 join materials/crlf-short "$work/crlf.crt" "$work/ec.key"
+secret_seeds
 der_seeds
 
 # The fixed identity the ca_dir target serves while its CA files are fuzzed.
@@ -154,11 +200,15 @@ args example_args/minimal --cert tls.crt --key tls.key
 args example_args/all --cert tls.crt --key tls.key --client-ca ca.crt --client-ca-dir cas \
     --interval-ms 250 --listen 127.0.0.1:0 --detector hash --handshake-timeout-ms 5000
 args example_args/equals --cert=tls.crt --key=tls.key --listen=[::1]:8443 --detector=metadata
+args example_args/crl-passphrase-events --cert tls.crt --key tls.key --key-passphrase-file pass.txt \
+    --client-ca ca.crt --crl a.crl --crl=b.crl --events off
 args example_args/help --help
 args example_args/bad --cert tls.crt --interval-ms 0 --detector nope
 args proxy_args/minimal --cert tls.crt --key tls.key --listen 127.0.0.1:8443 --target 127.0.0.1:8080
 args proxy_args/all --listen=0.0.0.0:6380 --target backend.internal:6379 --cert tls.crt --key tls.key \
     --client-ca ca.crt --client-ca-dir cas --interval 500ms --status 127.0.0.1:9100 --max-connections 100 \
     --handshake-timeout 5s --connect-timeout 1m --drain-timeout 1h --threads 2
+args proxy_args/crl-passphrase-events --listen 127.0.0.1:0 --target 127.0.0.1:1 --cert c --key k \
+    --key-passphrase-file pass.txt --client-ca-dir cas --crl a.crl --crl=b.crl --events=on
 args proxy_args/help --help
 args proxy_args/bad --listen 127.0.0.1:0 --interval 5 --threads 0 --target :80
