@@ -158,7 +158,7 @@ fn from_detect(error: DetectError) -> BuildError {
         },
         DetectError::Io { path, source } => BuildError::Read { path, source },
         DetectError::TooLarge { path, limit, .. } => BuildError::TooLarge { path, limit },
-        DetectError::Unsupported { path } => BuildError::NotRegularFile { path },
+        DetectError::NotRegularFile { path } => BuildError::NotRegularFile { path },
         other => BuildError::Read {
             path: other.path().map(Path::to_owned).unwrap_or_default(),
             source: io::Error::other(other.to_string()),

@@ -36,7 +36,7 @@ pub enum DetectError {
     /// The path is neither a regular file nor a directory (a FIFO, a socket,
     /// a device): reading it could block or never end.
     #[error("{}: not a regular file", path.display())]
-    Unsupported {
+    NotRegularFile {
         /// The offending path.
         path: PathBuf,
     },
@@ -57,7 +57,7 @@ impl DetectError {
             Self::NotFound { path }
             | Self::Io { path, .. }
             | Self::TooLarge { path, .. }
-            | Self::Unsupported { path } => Some(path),
+            | Self::NotRegularFile { path } => Some(path),
             #[cfg(feature = "test-util")]
             Self::Injected { .. } => None,
         }

@@ -22,7 +22,7 @@ pub(crate) fn target(path: &Path) -> Result<Target, DetectError> {
     } else if meta.is_dir() {
         Ok(Target::Dir(meta))
     } else {
-        Err(DetectError::Unsupported {
+        Err(DetectError::NotRegularFile {
             path: path.to_path_buf(),
         })
     }
@@ -103,7 +103,7 @@ pub(crate) const DANGLING: [u8; 32] = *b"tls-reload-detect dangling link\0";
 pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, DetectError> {
     let meta = fs::metadata(path).map_err(|e| DetectError::io(path, e))?;
     if !meta.is_file() {
-        return Err(DetectError::Unsupported {
+        return Err(DetectError::NotRegularFile {
             path: path.to_path_buf(),
         });
     }

@@ -131,7 +131,7 @@ fn a_fifo_is_unsupported_and_named_but_skipped_in_a_directory() -> TestResult {
         let error = smol::block_on(strategy.detector(&fifo).fingerprint()).expect_err("not a file");
         let message = error.to_string();
         assert!(
-            matches!(&error, DetectError::Unsupported { path } if *path == fifo),
+            matches!(&error, DetectError::NotRegularFile { path } if *path == fifo),
             "{error:?}"
         );
         assert!(message.contains(&fifo.display().to_string()), "{message}");
