@@ -398,6 +398,9 @@ mod inotify {
         watches: BTreeMap<PathBuf, i32>,
         /// Makes every add fail with this reason (a test hook).
         fail_with: Option<String>,
+        /// Why reading events stopped working, if it did: the poll then
+        /// carries on alone, and the status says so.
+        broken: Option<String>,
     }
 
     /// What moves a name: created, deleted, renamed, written and closed,
@@ -424,6 +427,7 @@ mod inotify {
                 fd,
                 watches: BTreeMap::new(),
                 fail_with: None,
+                broken: None,
             })
         }
 
@@ -437,6 +441,9 @@ mod inotify {
         /// Watches exactly the directories of `wanted`. On a failure every
         /// watch is dropped (the poll takes over) and the reason returned.
         pub(super) fn set(&mut self, wanted: &BTreeMap<PathBuf, Names>) -> Result<(), String> {
+            if let Some(reason) = &self.broken {
+                return Err(reason.clone());
+            }
             let stale: Vec<PathBuf> = self
                 .watches
                 .keys()
@@ -496,9 +503,13 @@ mod inotify {
         pub(super) async fn changed(&mut self, dirs: &BTreeMap<PathBuf, Names>) {
             let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
             loop {
-                if self.fd.readable().await.is_err() {
-                    // The descriptor broke: the poll carries on alone.
+                if self.broken.is_some() {
                     return std::future::pending().await;
+                }
+                if let Err(error) = self.fd.readable().await {
+                    self.broken = Some(format!("cannot wait for inotify events: {error}"));
+                    // One check now, which re-arms and reports poll only.
+                    return;
                 }
                 if self.drain(dirs, &mut buf) {
                     return;
@@ -515,7 +526,11 @@ mod inotify {
                     Ok(event) => event,
                     Err(Errno::WOULDBLOCK) => return relevant,
                     Err(Errno::INTR) => continue,
-                    Err(_) => return true,
+                    Err(error) => {
+                        // Not a state to spin in: the poll carries on alone.
+                        self.broken = Some(format!("cannot read inotify events: {error}"));
+                        return true;
+                    }
                 };
                 let flags = event.events();
                 if flags.intersects(ReadFlags::QUEUE_OVERFLOW | ReadFlags::IGNORED) {
