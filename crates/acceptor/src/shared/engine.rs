@@ -378,34 +378,47 @@ enum Landed {
 /// How many times a background build whose files moved under it starts
 /// again before the files are left to the next check.
 const SETTLE_ATTEMPTS: u32 = 5;
-/// The pause before the first new start; it doubles each time (20, 40, 80,
-/// 160 ms: about 300 ms in all).
-const SETTLE_PAUSE: Duration = Duration::from_millis(20);
+/// The pause before a build of files that moved starts again; it doubles
+/// each time (5, 10, 20, 40 ms).
+const SETTLE_PAUSE: Duration = Duration::from_millis(5);
 /// How long the files of a failed background build must stay unchanged
 /// after it for the failure to count: a renewer writing the certificate,
 /// then the key, is done well within it.
 const QUIET: Duration = Duration::from_millis(50);
+/// How often the files of a failed build are looked at during [`QUIET`]:
+/// the second write of a pair is seen within this, not at its end.
+const QUIET_STEP: Duration = Duration::from_millis(5);
+/// The pause before a fingerprint that failed is asked again; it doubles
+/// each time (20, 40, 80, 160 ms: about 300 ms before a missing file counts).
+const MISSING_PAUSE: Duration = Duration::from_millis(20);
 
 /// The files' fingerprint now, if it differs from `before` (the one the
-/// build started from); after [`QUIET`] when the build failed.
+/// build started from). After a failed build the files are looked at every
+/// [`QUIET_STEP`] for [`QUIET`]: a pair written file by file fails to build
+/// between the two writes, so a failure counts only once the files have
+/// stayed put, and the second write is seen as soon as it lands.
 async fn moved(
     detector: &dyn Detector,
     failed: bool,
     before: Option<&Fingerprint>,
 ) -> Option<Option<Fingerprint>> {
-    if failed {
-        // A pair written file by file fails to build between the two
-        // writes: a failure counts only once the files have stayed put.
-        Timer::after(QUIET).await;
+    let quiet_until = Instant::now() + if failed { QUIET } else { Duration::ZERO };
+    loop {
+        let now = detector.fingerprint().await.ok();
+        if now.as_ref() != before {
+            return Some(now);
+        }
+        if Instant::now() >= quiet_until {
+            return None;
+        }
+        Timer::after(QUIET_STEP).await;
     }
-    let now = detector.fingerprint().await.ok();
-    (now.as_ref() != before).then_some(now)
 }
 
 /// A fingerprint, asked again after a pause while it fails: a file missing
 /// for a moment (deleted, then written again) is not yet a failure.
 async fn settled_fingerprint(detector: &dyn Detector) -> Result<Fingerprint, DetectError> {
-    let mut pause = SETTLE_PAUSE;
+    let mut pause = MISSING_PAUSE;
     let mut attempt = 1;
     loop {
         match detector.fingerprint().await {
