@@ -41,6 +41,17 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `name` serving `materials` (`--cert`, `--key`), with more flags.
+    fn over(name: &str, materials: &Materials, extra: &[&str]) -> Self {
+        let pair = [
+            "--cert",
+            path_str(materials.cert()),
+            "--key",
+            path_str(materials.key()),
+        ];
+        Self::start(name, &[&pair[..], extra].concat())
+    }
+
     fn start(name: &str, args: &[&str]) -> Self {
         let listen = [args, &["--listen", "127.0.0.1:0"]].concat();
         let process = spawn(name, &listen);
@@ -108,8 +119,7 @@ fn rotation_prints_applied_and_failed_lines_and_serves_the_new_certificate() {
         let ca = Ca::new("example CA");
         let (first, second) = (ca.leaf(0x1101), ca.leaf(0x1202));
         let materials = write_pair(dir.path(), &first);
-        let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
-        let server = Server::start(name, &["--cert", cert, "--key", key, "--interval-ms", "20"]);
+        let server = Server::over(name, &materials, &["--interval-ms", "20"]);
         let config = client_config(&ca, None);
 
         let served = smol::block_on(fetch_serial(server.addr, &config)).expect("first handshake");
@@ -129,7 +139,10 @@ fn rotation_prints_applied_and_failed_lines_and_serves_the_new_certificate() {
         // Garbage over the certificate: one failure line naming the file; the old pair keeps serving.
         write_atomic(materials.cert(), "not a certificate");
         let failed = server.expect_line("reload failed: ");
-        assert!(failed.contains(cert), "{name}: {failed}");
+        assert!(
+            failed.contains(path_str(materials.cert())),
+            "{name}: {failed}"
+        );
         let served =
             smol::block_on(fetch_serial(server.addr, &config)).expect("handshake on bad material");
         assert_eq!(served, second.serial_hex(), "{name}");
@@ -137,7 +150,10 @@ fn rotation_prints_applied_and_failed_lines_and_serves_the_new_certificate() {
         // A missing key is a detection error, reported the same way.
         std::fs::remove_file(materials.key()).expect("remove key");
         let failed = server.expect_line("reload failed: ");
-        assert!(failed.contains(key), "{name}: {failed}");
+        assert!(
+            failed.contains(path_str(materials.key())),
+            "{name}: {failed}"
+        );
 
         // Good material again: applied.
         let third = ca.leaf(0x1303);
@@ -230,13 +246,10 @@ fn crl_and_key_passphrase_file_flags() {
         let (revoked, kept) = (clients.leaf(0x1602), clients.leaf(0x1603));
         let crl = dir.path().join("clients.crl");
         std::fs::write(&crl, clients.crl(&[&revoked])).expect("write CRL");
-        let server = Server::start(
+        let server = Server::over(
             name,
+            &materials,
             &[
-                "--cert",
-                path_str(materials.cert()),
-                "--key",
-                path_str(materials.key()),
                 "--key-passphrase-file",
                 path_str(&pass),
                 "--client-ca",
@@ -346,23 +359,17 @@ fn the_detector_flag_decides_whether_a_touch_is_a_change() {
         let ca = Ca::new("CA");
         let (first, second) = (ca.leaf(0x1601), ca.leaf(0x1602));
         let materials = write_pair(dir.path(), &first);
-        let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
-        let server = Server::start(
+        let server = Server::over(
             name,
-            &[
-                "--cert",
-                cert,
-                "--key",
-                key,
-                "--detector",
-                detector,
-                "--interval-ms",
-                "20",
-            ],
+            &materials,
+            &["--detector", detector, "--interval-ms", "20"],
         );
         // Let the file's timestamp move on, so the touch changes it.
         std::thread::sleep(Duration::from_millis(20));
-        let touched = Command::new("touch").arg(cert).status().expect("touch");
+        let touched = Command::new("touch")
+            .arg(materials.cert())
+            .status()
+            .expect("touch");
         assert!(touched.success());
         if touch_reloads {
             let applied = server.expect_line("reload applied ");
@@ -389,17 +396,7 @@ fn a_silent_client_is_cut_off_after_the_handshake_timeout() {
     let ca = Ca::new("CA");
     let materials = write_pair(dir.path(), &ca.leaf(0x1701));
     for name in SERVERS {
-        let server = Server::start(
-            name,
-            &[
-                "--cert",
-                path_str(materials.cert()),
-                "--key",
-                path_str(materials.key()),
-                "--handshake-timeout-ms",
-                "300",
-            ],
-        );
+        let server = Server::over(name, &materials, &["--handshake-timeout-ms", "300"]);
         let mut silent = std::net::TcpStream::connect(server.addr).expect("connect");
         silent
             .set_read_timeout(Some(DEADLINE))
@@ -499,19 +496,10 @@ fn the_events_flag_decides_whether_a_rotation_is_seen_before_the_interval() {
         let ca = Ca::new("CA");
         let (first, second) = (ca.leaf(0x1801), ca.leaf(0x1802));
         let materials = write_pair(dir.path(), &first);
-        let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
-        let server = Server::start(
+        let server = Server::over(
             name,
-            &[
-                "--cert",
-                cert,
-                "--key",
-                key,
-                "--interval-ms",
-                "3600000",
-                "--events",
-                events,
-            ],
+            &materials,
+            &["--interval-ms", "3600000", "--events", events],
         );
         // The reloader arms its watches as it starts.
         std::thread::sleep(Duration::from_millis(100));
@@ -565,11 +553,7 @@ fn the_servers_print_when_the_served_certificate_expires_soon_and_when_it_expire
         params.not_after = now + time::Duration::seconds(5);
     });
     let materials = write_pair(dir.path(), &leaf);
-    let (cert, key) = (path_str(materials.cert()), path_str(materials.key()));
-    let server = Server::start(
-        "smol_server",
-        &["--cert", cert, "--key", key, "--interval-ms", "50"],
-    );
+    let server = Server::over("smol_server", &materials, &["--interval-ms", "50"]);
     let not_after = tls_reload::build::LeafInfo::from_der(leaf.cert.der())
         .expect("parse")
         .not_after_rfc3339();

@@ -42,13 +42,7 @@ fn a_served_certificate_warns_once_when_its_window_opens_then_reports_its_expiry
             .iter()
             .any(|(_, e): &(Duration, ReloadEvent)| matches!(e, ReloadEvent::Expired { .. }))
         {
-            let next = timeout(deadline, async {
-                events
-                    .next()
-                    .await
-                    .ok_or_else(|| std::io::Error::other("events ended"))
-            })
-            .await?;
+            let next = next_event(&mut events, deadline).await?;
             seen.push((started.elapsed(), next));
         }
         let soon: Vec<_> = seen
@@ -107,13 +101,7 @@ fn a_fixed_window_reports_a_certificate_already_inside_it_at_start() -> anyhow::
             .await?;
         let mut events = acceptor.events();
         let _reloader = spawn::<Smol, _>(acceptor.reloader());
-        let first = timeout(DEADLINE, async {
-            events
-                .next()
-                .await
-                .ok_or_else(|| std::io::Error::other("events ended"))
-        })
-        .await?;
+        let first = next_event(&mut events, DEADLINE).await?;
         assert!(
             matches!(first, ReloadEvent::ExpiresSoon { .. }),
             "{first:?}"
@@ -159,13 +147,7 @@ fn a_client_ca_in_its_window_is_reported_as_a_client_ca() -> anyhow::Result<()> 
         assert_eq!(status.client_cas[0].subject, "CN=short-lived clients");
         let mut events = acceptor.events();
         let _reloader = spawn::<Smol, _>(acceptor.reloader());
-        let first = timeout(DEADLINE, async {
-            events
-                .next()
-                .await
-                .ok_or_else(|| std::io::Error::other("events ended"))
-        })
-        .await?;
+        let first = next_event(&mut events, DEADLINE).await?;
         let ReloadEvent::ExpiresSoon { kind, certificate } = &first else {
             panic!("{first:?}");
         };
@@ -179,4 +161,18 @@ fn a_client_ca_in_its_window_is_reported_as_a_client_ca() -> anyhow::Result<()> 
         );
         Ok(())
     })
+}
+
+/// The next event, within `limit`.
+async fn next_event(
+    events: &mut tls_reload_acceptor::Events,
+    limit: Duration,
+) -> std::io::Result<ReloadEvent> {
+    timeout(limit, async {
+        events
+            .next()
+            .await
+            .ok_or_else(|| std::io::Error::other("events ended"))
+    })
+    .await
 }
