@@ -1,6 +1,7 @@
-//! Reload latency: from a new ECDSA pair on disk, swapped in like a
-//! Kubernetes secret volume (one rename of `..data`), to the first
-//! handshake that serves it. Prints p50, p99 and max.
+//! Reload latency of the poll alone (events off): from a new ECDSA pair on
+//! disk, swapped in like a Kubernetes secret volume (one rename of
+//! `..data`), to the first handshake that serves it. Prints p50, p99 and
+//! max.
 //!
 //! `cargo bench --bench reload_latency [-- --quick]`
 
@@ -29,8 +30,11 @@ async fn reload_latency(scale: u32) -> anyhow::Result<()> {
         .collect();
     // A Kubernetes-style volume: the pair changes in one atomic rename.
     let mut volume = SecretVolume::new(dir.path(), &leaves[0]);
+    // Events off: this measures the poll, the backstop (`benches/events.rs`
+    // measures the event path).
     let acceptor = ReloadingAcceptor::builder(volume.materials())
         .interval(interval)
+        .events(false)
         .build()
         .await?;
     smol::spawn(acceptor.reloader()).detach();
