@@ -24,17 +24,23 @@ pub(crate) type Deadline = Shared<Timer>;
 #[derive(Debug)]
 pub(crate) struct Deadlines {
     timeout: Duration,
-    grain: Duration,
+    /// The grain in nanoseconds (at least a millisecond).
+    grain_ns: u64,
     origin: Instant,
-    /// The newest timer and the instant it fires.
-    newest: ArcSwapOption<(Instant, Deadline)>,
+    /// The newest timer and the grain it fires at (grains since `origin`).
+    newest: ArcSwapOption<(u64, Deadline)>,
 }
 
 impl Deadlines {
     pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             timeout,
-            grain: (timeout / 32).clamp(Duration::from_millis(1), Duration::from_millis(250)),
+            grain_ns: u64::try_from(
+                (timeout / 32)
+                    .clamp(Duration::from_millis(1), Duration::from_millis(250))
+                    .as_nanos(),
+            )
+            .unwrap_or(1_000_000),
             origin: Instant::now(),
             newest: ArcSwapOption::empty(),
         }
@@ -43,20 +49,24 @@ impl Deadlines {
     /// A timer that fires between `timeout` and `timeout` plus one grain from
     /// now; `None` when that is too far to represent.
     pub(crate) fn start(&self) -> Option<Deadline> {
-        let exact = Instant::now().checked_add(self.timeout)?;
-        let grains = (exact - self.origin)
-            .as_nanos()
-            .div_ceil(self.grain.as_nanos());
-        let when = self
-            .origin
-            .checked_add(self.grain.checked_mul(u32::try_from(grains).ok()?)?)?;
+        // Integer grains since `origin` (no 128-bit division on the accept
+        // path); the instant is only made for a new timer.
+        let exact = Instant::now().checked_add(self.timeout)? - self.origin;
+        let since = exact
+            .as_secs()
+            .checked_mul(1_000_000_000)?
+            .checked_add(u64::from(exact.subsec_nanos()))?;
+        let grain = since.div_ceil(self.grain_ns);
         if let Some(newest) = &*self.newest.load() {
-            if newest.0 == when {
+            if newest.0 == grain {
                 return Some(newest.1.clone());
             }
         }
+        let when = self
+            .origin
+            .checked_add(Duration::from_nanos(grain.checked_mul(self.grain_ns)?))?;
         let timer = Timer::at(when).shared();
-        self.newest.store(Some(Arc::new((when, timer.clone()))));
+        self.newest.store(Some(Arc::new((grain, timer.clone()))));
         Some(timer)
     }
 }
