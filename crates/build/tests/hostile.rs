@@ -150,39 +150,12 @@ fn encrypted_keys_are_named_as_such() {
     assert!(matches!(err, BuildError::EncryptedKey { .. }), "{err:?}");
 }
 
-/// The DER of `pem`'s first certificate, re-encoded as PEM after `edit`.
+/// A certificate's DER, edited by `edit`, as a PEM `CERTIFICATE` section.
 fn reencode(der: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> String {
     let mut der = der.to_vec();
     edit(&mut der);
-    let cert = rustls::pki_types::CertificateDer::from(der);
-    pem_of(&cert)
-}
-
-fn pem_of(der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|l| std::str::from_utf8(l).expect("ascii"))
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), lf)
 }
 
 #[test]
