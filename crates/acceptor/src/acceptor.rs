@@ -3,20 +3,21 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::future::{self, Either};
+use futures::future;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{FutureExt, Stream};
 use futures_rustls::server::TlsStream;
 use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
-use tls_reload_detect::{Detector, Strategy, Wake};
+use tls_reload_detect::{Detector, Strategy};
 
 use crate::deadline::{Deadline, Deadlines};
-use crate::shared::{Reconfigure, Settings, Shared, Start};
+use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
+use crate::server::{ServerKind, Shared};
 use crate::source::DetectorSource;
 use crate::{Events, ExpiryWindow, Incoming, ReloadError, Status};
 
@@ -54,17 +55,9 @@ impl ReloadingAcceptor {
             materials,
             template: None,
             source: DetectorSource::Strategy(Strategy::default()),
-            settings: Settings {
-                interval: DEFAULT_INTERVAL,
-                retry_interval: DEFAULT_RETRY_INTERVAL,
-                handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
-                events: true,
-                expiry_window: ExpiryWindow::default(),
-                #[cfg(feature = "test-util")]
-                event_failure: None,
-                #[cfg(feature = "test-util")]
-                before_background_apply: None,
-            },
+            settings: default_settings(),
+            options: default_options(),
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
         }
     }
 
@@ -116,32 +109,41 @@ impl ReloadingAcceptor {
     pub fn reloader(&self) -> Reloader {
         let shared = Arc::downgrade(&self.shared);
         let alive = self.shared.alive.clone();
-        let interval = self.shared.settings.interval;
-        Reloader {
-            inner: run_reloader(shared, alive, interval).boxed(),
-        }
+        let options = self.shared.options.clone();
+        Reloader::new(reloader::run(shared, alive, options, "acceptor"))
     }
 
     /// Reads and builds the materials now and applies the result, or returns
     /// why not (like Valkey's `CONFIG SET`). A background build that began
     /// before this call is never applied after it.
     pub async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
-        self.shared.reload(None).await
+        self.reload(None).await
     }
 
     /// Switches to other material paths, building them first: on error,
     /// nothing changes and the error is returned. The reloader watches the
     /// new paths from then on.
     pub async fn set_materials(&self, materials: Materials) -> Result<Reloaded, ReloadError> {
-        let change = Reconfigure::Materials(materials);
-        self.shared.reload(Some(change)).await
+        self.reload(Some(Reconfigure::Materials(materials))).await
     }
 
     /// Switches to another template (provider, protocol versions, ALPN,
     /// client auth), building it first: on error, nothing changes.
     pub async fn set_template(&self, template: Template) -> Result<Reloaded, ReloadError> {
-        let change = Reconfigure::Template(template);
-        self.shared.reload(Some(change)).await
+        self.reload(Some(Reconfigure::Template(template))).await
+    }
+
+    async fn reload(
+        &self,
+        change: Option<Reconfigure<ServerKind>>,
+    ) -> Result<Reloaded, ReloadError> {
+        let applied = self.shared.engine.reload(change).await?;
+        let built = &applied.built;
+        Ok(Reloaded {
+            generation: applied.generation,
+            leaf: built.leaf().clone(),
+            resumption: built.resumption(),
+        })
     }
 
     /// The config new handshakes get now.
@@ -151,7 +153,7 @@ impl ReloadingAcceptor {
 
     /// The build now served, with its leaf certificate's details.
     pub fn current(&self) -> Arc<Built> {
-        self.shared.current()
+        self.shared.engine.current()
     }
 
     /// A snapshot of the reload state.
@@ -162,7 +164,7 @@ impl ReloadingAcceptor {
     /// Subscribes to what the reloader does from now on.
     pub fn events(&self) -> Events {
         Events {
-            inner: Box::pin(self.shared.subscribe()),
+            inner: Box::pin(self.shared.engine.subscribers().subscribe()),
         }
     }
 }
@@ -173,58 +175,16 @@ impl fmt::Debug for ReloadingAcceptor {
     }
 }
 
-async fn run_reloader(
-    shared: Weak<Shared>,
-    alive: async_channel::Receiver<()>,
-    interval: Duration,
-) {
-    let Some(strong) = shared.upgrade() else {
-        return;
-    };
-    let Some(_claim) = strong.claim_reloader() else {
-        tracing::warn!("a reloader is already running for this acceptor; this one ends");
-        return;
-    };
-    let mut events = strong.rearm(strong.event_watch()).await;
-    strong.check_expiry();
-    drop(strong);
-    loop {
-        // The poll is re-armed after each check rather than on a fixed
-        // beat, which would fire missed ticks back to back after a slow one.
-        let wake = {
-            let wake = events.wait(Instant::now() + interval);
-            let stop = alive.recv();
-            futures::pin_mut!(wake, stop);
-            match future::select(wake, stop).await {
-                Either::Left((wake, _)) => wake,
-                Either::Right(_) => {
-                    tracing::debug!("acceptor dropped; reloader stops");
-                    return;
-                }
-            }
-        };
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let quiet = shared.tick().await;
-        shared.check_expiry();
-        // What the paths resolve to can only have moved if something did:
-        // an idle poll costs what it costs without events.
-        let moved = !quiet || wake == Wake::Event || !events.detection().is_events();
-        if events.has_backend() && moved {
-            events = shared.rearm(events).await;
-        }
-    }
-}
-
 /// Configures a [`ReloadingAcceptor`]; [`build`](Builder::build) loads the
 /// first config.
 #[must_use = "a builder does nothing until built"]
 pub struct Builder {
     materials: Materials,
     template: Option<Template>,
-    source: DetectorSource,
-    settings: Settings,
+    source: DetectorSource<Materials>,
+    settings: engine::Settings,
+    options: reloader::Options,
+    handshake_timeout: Option<Duration>,
 }
 
 impl Builder {
@@ -268,7 +228,7 @@ impl Builder {
 
     /// How often the reloader checks the files. Default 1 s; at least 1 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.settings.interval = interval.max(Duration::from_millis(1));
+        self.options.interval = interval.max(Duration::from_millis(1));
         self
     }
 
@@ -278,7 +238,7 @@ impl Builder {
     /// interval only; [`Status::detection`](crate::Status::detection) says
     /// which and why.
     pub fn events(mut self, on: bool) -> Self {
-        self.settings.events = on;
+        self.options.events = on;
         self
     }
 
@@ -298,7 +258,7 @@ impl Builder {
     /// fall back to polling (feature `test-util`).
     #[cfg(feature = "test-util")]
     pub fn fail_event_watches(mut self, reason: impl Into<String>) -> Self {
-        self.settings.event_failure = Some(reason.into());
+        self.options.event_failure = Some(reason.into());
         self
     }
 
@@ -317,7 +277,7 @@ impl Builder {
     /// starting close together share one timer, so a busy server does not
     /// wake the timer thread for every connection.
     pub fn handshake_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.settings.handshake_timeout = timeout.into();
+        self.handshake_timeout = timeout.into();
         self
     }
 
@@ -362,31 +322,57 @@ impl Builder {
     /// Builds the first config on the blocking pool: a failure names the file
     /// and the reason.
     pub async fn build(self) -> Result<ReloadingAcceptor, BuildError> {
-        let start = self.into_start()?;
+        let (start, options, deadlines) = self.into_start()?;
         Ok(ReloadingAcceptor {
-            shared: Shared::start(start).await?,
+            shared: Shared::start(start, options, deadlines).await?,
         })
     }
 
     /// Builds the first config on the current thread.
     pub fn build_blocking(self) -> Result<ReloadingAcceptor, BuildError> {
-        let start = self.into_start()?;
+        let (start, options, deadlines) = self.into_start()?;
         Ok(ReloadingAcceptor {
-            shared: Shared::start_blocking(start)?,
+            shared: Shared::start_blocking(start, options, deadlines)?,
         })
     }
 
-    fn into_start(self) -> Result<Start, BuildError> {
+    fn into_start(
+        self,
+    ) -> Result<(Start<ServerKind>, reloader::Options, Option<Deadlines>), BuildError> {
         let template = match self.template {
             Some(template) => template,
             None => Template::from_default_provider()?,
         };
-        Ok(Start {
+        let start = Start {
+            kind: ServerKind,
             materials: self.materials,
             template,
             source: self.source,
             settings: self.settings,
-        })
+            subscribers: Subscribers::new(),
+        };
+        let deadlines = self.handshake_timeout.map(Deadlines::new);
+        Ok((start, self.options, deadlines))
+    }
+}
+
+/// The engine settings every handle starts from.
+pub(crate) fn default_settings() -> engine::Settings {
+    engine::Settings {
+        retry_interval: DEFAULT_RETRY_INTERVAL,
+        expiry_window: ExpiryWindow::default(),
+        #[cfg(feature = "test-util")]
+        before_background_apply: None,
+    }
+}
+
+/// The reloader options every handle starts from.
+pub(crate) fn default_options() -> reloader::Options {
+    reloader::Options {
+        interval: DEFAULT_INTERVAL,
+        events: true,
+        #[cfg(feature = "test-util")]
+        event_failure: None,
     }
 }
 
@@ -395,8 +381,8 @@ impl fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("materials", &self.materials)
             .field("detector", &self.source)
-            .field("interval", &self.settings.interval)
-            .field("handshake_timeout", &self.settings.handshake_timeout)
+            .field("interval", &self.options.interval)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -442,6 +428,14 @@ impl<IO> fmt::Debug for Accept<IO> {
 #[must_use = "the reloader does nothing unless spawned or awaited"]
 pub struct Reloader {
     inner: future::BoxFuture<'static, ()>,
+}
+
+impl Reloader {
+    pub(crate) fn new(inner: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            inner: inner.boxed(),
+        }
+    }
 }
 
 impl Future for Reloader {

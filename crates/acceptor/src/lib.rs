@@ -74,11 +74,12 @@
 
 mod acceptor;
 mod deadline;
+mod engine;
 mod error;
 mod expiry;
 mod incoming;
 mod log_limit;
-mod shared;
+mod server;
 mod source;
 mod status;
 

@@ -3,32 +3,37 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tls_reload_build::{Materials, Template};
 use tls_reload_detect::{Composite, Detector, Strategy};
 
-/// Makes a detector for a set of materials.
-pub(crate) type DetectorFactory = dyn Fn(&Materials) -> Box<dyn Detector> + Send + Sync;
+use crate::engine::Kind;
 
-/// Where the reloader's detector comes from.
-#[derive(Clone)]
-pub(crate) enum DetectorSource {
+/// Makes a detector for a set of materials.
+pub(crate) type DetectorFactory<M> = dyn Fn(&M) -> Box<dyn Detector> + Send + Sync;
+
+/// Where the reloader's detector comes from, for materials of type `M`.
+pub(crate) enum DetectorSource<M> {
     /// A built-in strategy over the material paths.
     Strategy(Strategy),
     /// One detector, whatever the paths.
     Fixed(Arc<dyn Detector>),
     /// A detector made from the materials, anew when they change.
-    Factory(Arc<DetectorFactory>),
+    Factory(Arc<DetectorFactory<M>>),
 }
 
-impl DetectorSource {
+impl<M> DetectorSource<M> {
     /// The detector for `materials`. Runs a user's factory: never call it
     /// under a lock.
-    pub(crate) fn make(&self, materials: &Materials, template: &Template) -> Arc<dyn Detector> {
+    pub(crate) fn make<K: Kind<Materials = M>>(
+        &self,
+        kind: &K,
+        materials: &M,
+        template: &K::Template,
+    ) -> Arc<dyn Detector> {
         match self {
             Self::Strategy(strategy) => Arc::new(Composite::from_paths_with_limit(
                 *strategy,
-                materials.paths(),
-                template.file_size_limit(),
+                kind.paths(materials),
+                kind.file_size_limit(template),
             )),
             Self::Fixed(detector) => detector.clone(),
             Self::Factory(factory) => Arc::from(factory(materials)),
@@ -36,7 +41,18 @@ impl DetectorSource {
     }
 }
 
-impl fmt::Debug for DetectorSource {
+// Derived, it would ask `M: Clone`.
+impl<M> Clone for DetectorSource<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Strategy(strategy) => Self::Strategy(*strategy),
+            Self::Fixed(detector) => Self::Fixed(detector.clone()),
+            Self::Factory(factory) => Self::Factory(factory.clone()),
+        }
+    }
+}
+
+impl<M> fmt::Debug for DetectorSource<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Strategy(strategy) => write!(f, "{strategy}"),

@@ -6,12 +6,12 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_io::Timer;
-use tls_reload_build::{BuildError, Built, Materials, Template};
+use tls_reload_build::BuildError;
 use tls_reload_detect::{DetectError, Detector, Fingerprint, Watcher};
 
-use super::{retire, Reconfigure, Shared, State};
+use super::{retire, Engine, Happening, Kind, Reconfigure, State};
 use crate::source::DetectorSource;
-use crate::{ReloadError, ReloadEvent, Reloaded, SkipReason};
+use crate::{ReloadError, SkipReason};
 
 /// The ticket sequence and the floors below which a result is stale (see
 /// the module docs).
@@ -52,17 +52,26 @@ impl Order {
 }
 
 /// A request's ticket and everything it builds from, taken in one step.
-struct Request {
+struct Request<K: Kind> {
     ticket: u64,
     manual: bool,
-    materials: Materials,
-    template: Template,
-    previous: Arc<Built>,
+    materials: K::Materials,
+    template: K::Template,
+    previous: Arc<K::Built>,
     /// A reconfiguration's source for the new detector, made outside the lock.
-    switch: Option<DetectorSource>,
+    switch: Option<DetectorSource<K::Materials>>,
 }
 
-impl Shared {
+/// A build that landed: what was applied.
+#[derive(Debug)]
+pub(crate) struct Applied<B> {
+    /// The generation now served.
+    pub(crate) generation: u64,
+    /// The build now served.
+    pub(crate) built: Arc<B>,
+}
+
+impl<K: Kind> Engine<K> {
     /// One reloader tick: detect, and on a change build and apply.
     ///
     /// Returns whether the files were exactly those served: nothing moved.
@@ -81,7 +90,7 @@ impl Shared {
         match news {
             Some(paths) => {
                 log_detected(&paths);
-                self.emit(ReloadEvent::Detected { paths });
+                self.emit(Happening::Detected { paths });
             }
             None => tracing::debug!("retrying files that failed to build"),
         }
@@ -113,7 +122,7 @@ impl Shared {
             drop(state);
             tracing::trace!("files unchanged since the last failed build");
             if first {
-                self.emit(ReloadEvent::Skipped {
+                self.emit(Happening::Skipped {
                     reason: SkipReason::KnownFailure,
                 });
             }
@@ -156,7 +165,7 @@ impl Shared {
             };
         }
         tracing::debug!("tls materials still moving; the next check tries again");
-        self.emit(ReloadEvent::Skipped {
+        self.emit(Happening::Skipped {
             reason: SkipReason::Unsettled,
         });
     }
@@ -165,8 +174,8 @@ impl Shared {
     /// applies the result unless a newer request overtook it.
     pub(crate) async fn reload(
         &self,
-        reconfigure: Option<Reconfigure>,
-    ) -> Result<Reloaded, ReloadError> {
+        reconfigure: Option<Reconfigure<K>>,
+    ) -> Result<Applied<K::Built>, ReloadError> {
         match self.run(None, reconfigure, true, None).await {
             Landed::Done(result) => result,
             // Only a run with a detector to check against reports a move.
@@ -181,17 +190,17 @@ impl Shared {
     async fn run(
         &self,
         fingerprint: Option<Fingerprint>,
-        reconfigure: Option<Reconfigure>,
+        reconfigure: Option<Reconfigure<K>>,
         manual: bool,
         check: Option<&dyn Detector>,
-    ) -> Landed {
+    ) -> Landed<K::Built> {
         let request = self.begin(manual, reconfigure);
         // Made outside the lock: a user's factory may be slow, or ask for
         // the status, which takes that lock.
         let switch = request
             .switch
             .as_ref()
-            .map(|source| source.make(&request.materials, &request.template));
+            .map(|source| source.make(&self.kind, &request.materials, &request.template));
         let fingerprint = match (fingerprint, &switch) {
             (Some(fingerprint), _) => Some(fingerprint),
             (None, Some(detector)) => detector.fingerprint().await.ok(),
@@ -200,12 +209,12 @@ impl Shared {
                 detector.fingerprint().await.ok()
             }
         };
-        let built = tls_reload_build::build(
-            &request.materials,
-            &request.template,
-            Some(request.previous.clone()),
-        )
-        .await;
+        let built = {
+            let kind = self.kind.clone();
+            let (materials, template) = (request.materials.clone(), request.template.clone());
+            let previous = request.previous.clone();
+            blocking::unblock(move || kind.build(&materials, &template, Some(&previous))).await
+        };
         if let Some(check) = check {
             if let Some(now) = moved(check, built.is_err(), fingerprint.as_ref()).await {
                 retire(built);
@@ -223,7 +232,7 @@ impl Shared {
     }
 
     /// Takes a ticket and a snapshot of what to build, in one step.
-    fn begin(&self, manual: bool, reconfigure: Option<Reconfigure>) -> Request {
+    fn begin(&self, manual: bool, reconfigure: Option<Reconfigure<K>>) -> Request<K> {
         let mut state = self.state();
         let ticket = state.order.issue(manual);
         let (materials, template, switch) = match reconfigure {
@@ -252,7 +261,7 @@ impl Shared {
     /// A build that failed: reported unless a newer request overtook it.
     fn refused(
         &self,
-        request: &Request,
+        request: &Request<K>,
         error: BuildError,
         fingerprint: Option<Fingerprint>,
     ) -> ReloadError {
@@ -268,15 +277,12 @@ impl Shared {
     /// place a config is stored.
     async fn land(
         &self,
-        request: Request,
-        built: Arc<Built>,
+        request: Request<K>,
+        built: Arc<K::Built>,
         fingerprint: Option<Fingerprint>,
         switch: Option<Arc<dyn Detector>>,
-    ) -> Result<Reloaded, ReloadError> {
-        self.emit(ReloadEvent::Built {
-            leaf: built.leaf().clone(),
-            resumption: built.resumption(),
-        });
+    ) -> Result<Applied<K::Built>, ReloadError> {
+        self.emit(Happening::Built { built: &built });
         #[cfg(feature = "test-util")]
         if let (false, Some(hook)) = (request.manual, &self.settings.before_background_apply) {
             hook().await;
@@ -286,7 +292,7 @@ impl Shared {
             drop(state);
             tracing::debug!(ticket = request.ticket, "dropped a stale build");
             retire(built);
-            self.emit(ReloadEvent::Skipped {
+            self.emit(Happening::Skipped {
                 reason: SkipReason::Stale,
             });
             return Err(ReloadError::Superseded);
@@ -309,8 +315,13 @@ impl Shared {
     }
 
     /// Serves `built` from now on; `state` is the held lock.
-    fn apply(&self, mut state: MutexGuard<'_, State>, built: Arc<Built>, manual: bool) -> Reloaded {
-        let old_config = self.config.swap(built.config().clone());
+    fn apply(
+        &self,
+        mut state: MutexGuard<'_, State<K>>,
+        built: Arc<K::Built>,
+        manual: bool,
+    ) -> Applied<K::Built> {
+        let old_served = self.served.swap(self.kind.served(&built));
         let old_built = std::mem::replace(&mut state.current, built.clone());
         let now = SystemTime::now();
         state.generation += 1;
@@ -320,25 +331,24 @@ impl Shared {
         state.last_failure = None;
         let generation = state.generation;
         drop(state);
-        retire((old_config, old_built));
-        let leaf = built.leaf();
-        tracing::info!(
+        retire((old_served, old_built));
+        let resumption = self.kind.resumption(&built);
+        match self.kind.leaf(&built) {
+            Some(leaf) => tracing::info!(
+                generation,
+                serial = %leaf.serial_hex(),
+                subject = %leaf.subject,
+                ?resumption,
+                "tls reload applied"
+            ),
+            None => tracing::info!(generation, ?resumption, "tls reload applied"),
+        }
+        self.emit(Happening::Applied {
             generation,
-            serial = %leaf.serial_hex(),
-            subject = %leaf.subject,
-            resumption = ?built.resumption(),
-            "tls reload applied"
-        );
-        self.emit(ReloadEvent::Applied {
-            generation,
-            leaf: leaf.clone(),
+            built: &built,
             manual,
         });
-        Reloaded {
-            generation,
-            leaf: leaf.clone(),
-            resumption: built.resumption(),
-        }
+        Applied { generation, built }
     }
 
     /// Records and reports a failure: once per distinct cause and files, or
@@ -362,14 +372,14 @@ impl Shared {
         state.last_error = Some((message.clone(), SystemTime::now()));
         drop(state);
         tracing::warn!(error = %message, "tls reload failed; keeping the last good config");
-        self.emit(ReloadEvent::Failed { error });
+        self.emit(Happening::Failed { error });
     }
 }
 
-/// How a [`Shared::run`] ended.
-enum Landed {
+/// How an [`Engine::run`] ended.
+enum Landed<B> {
     /// Applied, refused or overtaken.
-    Done(Result<Reloaded, ReloadError>),
+    Done(Result<Applied<B>, ReloadError>),
     /// The files moved while they were read; their fingerprint now, if it
     /// could be taken.
     Moved(Option<Fingerprint>),

@@ -1,0 +1,361 @@
+//! The reloader loop: one per handle, driving one engine or a set of them.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::{self, BoxFuture, Either};
+use futures::FutureExt;
+use tls_reload_detect::{Detection, EventWatch, Wake};
+
+/// What one reloader drives: an [`Engine`](super::Engine), or a [`Set`] of
+/// them. Dyn-compatible, so a set may hold engines of different kinds.
+pub(crate) trait Driven: Send + Sync + 'static {
+    /// One check of everything driven: detect, and on a change build and
+    /// apply. Returns whether the files were exactly those served.
+    fn tick(&self) -> BoxFuture<'_, bool>;
+
+    /// Reports served certificates entering their warning window or past
+    /// their not-after.
+    fn check_expiry(&self);
+
+    /// Every path the checks read, for the event watch. May call a user
+    /// detector: never under a lock.
+    fn watched_paths(&self) -> Vec<PathBuf>;
+
+    /// Shows how changes are detected in the status.
+    fn set_detection(&self, detection: &Detection);
+
+    /// Set while a reloader runs: a second one ends at once.
+    fn reloader_flag(&self) -> &AtomicBool;
+}
+
+/// How a reloader waits between checks.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    /// The poll: a check at least this often.
+    pub(crate) interval: Duration,
+    /// Whether file-system events wake a check at once.
+    pub(crate) events: bool,
+    /// Makes every event watch fail to be added (a test hook).
+    #[cfg(feature = "test-util")]
+    pub(crate) event_failure: Option<String>,
+}
+
+impl Options {
+    fn event_watch(&self) -> EventWatch {
+        #[cfg(feature = "test-util")]
+        if let Some(reason) = &self.event_failure {
+            return EventWatch::failing(reason.clone());
+        }
+        if self.events {
+            EventWatch::new()
+        } else {
+            EventWatch::off("events off")
+        }
+    }
+}
+
+/// The reloader of `driven`: checks at every interval and when events say
+/// a watched path moved, until `alive` closes (every handle dropped) or
+/// `driven` is gone. `what` names the handle in logs ("acceptor").
+pub(crate) async fn run<D: Driven + ?Sized>(
+    driven: Weak<D>,
+    alive: async_channel::Receiver<()>,
+    options: Options,
+    what: &'static str,
+) {
+    let Some(strong) = driven.upgrade() else {
+        return;
+    };
+    let Some(_claim) = Claim::take(&strong) else {
+        tracing::warn!("a reloader is already running for this {what}; this one ends");
+        return;
+    };
+    let mut events = rearm(&*strong, options.event_watch()).await;
+    strong.check_expiry();
+    drop(strong);
+    loop {
+        // The poll is re-armed after each check rather than on a fixed
+        // beat, which would fire missed ticks back to back after a slow one.
+        let wake = {
+            let wake = events.wait(Instant::now() + options.interval);
+            let stop = alive.recv();
+            futures::pin_mut!(wake, stop);
+            match future::select(wake, stop).await {
+                Either::Left((wake, _)) => wake,
+                Either::Right(_) => {
+                    tracing::debug!("{what} dropped; reloader stops");
+                    return;
+                }
+            }
+        };
+        let Some(driven) = driven.upgrade() else {
+            return;
+        };
+        let quiet = driven.tick().await;
+        driven.check_expiry();
+        // What the paths resolve to can only have moved if something did:
+        // an idle poll costs what it costs without events.
+        let moved = !quiet || wake == Wake::Event || !events.detection().is_events();
+        if events.has_backend() && moved {
+            events = rearm(&*driven, events).await;
+        }
+    }
+}
+
+/// Re-arms `events` on the paths `driven` reads now, off the executor, and
+/// shows the result in the status.
+async fn rearm<D: Driven + ?Sized>(driven: &D, mut events: EventWatch) -> EventWatch {
+    let paths = driven.watched_paths();
+    let events = blocking::unblock(move || {
+        events.arm(&paths);
+        events
+    })
+    .await;
+    driven.set_detection(events.detection());
+    events
+}
+
+/// Held by the running reloader; frees the place when it ends.
+struct Claim<D: Driven + ?Sized>(Weak<D>);
+
+impl<D: Driven + ?Sized> Claim<D> {
+    /// Marks a reloader as running; `None` if one already is.
+    fn take(driven: &Arc<D>) -> Option<Self> {
+        let claimed = driven
+            .reloader_flag()
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        claimed.then(|| Self(Arc::downgrade(driven)))
+    }
+}
+
+impl<D: Driven + ?Sized> Drop for Claim<D> {
+    fn drop(&mut self) {
+        if let Some(driven) = self.0.upgrade() {
+            driven.set_detection(&no_reloader());
+            driven.reloader_flag().store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The detection a status shows while no reloader runs.
+pub(crate) fn no_reloader() -> Detection {
+    Detection::PollOnly {
+        reason: "no reloader is running".into(),
+    }
+}
+
+/// Engines driven by one reloader, checked one after the other at each
+/// wake-up; members may be added and removed while it runs (a member
+/// added shows up at the next check, and in the event watch after it).
+#[derive(Default)]
+// Driven by the tests until the first handle of many engines uses it.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct Set {
+    members: Mutex<Vec<Arc<dyn Driven>>>,
+    detection: Mutex<Option<Detection>>,
+    reloader_running: AtomicBool,
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+impl Set {
+    /// Adds a member; it takes the detection the set shows.
+    pub(crate) fn push(&self, member: Arc<dyn Driven>) {
+        let detection = self.detection().clone();
+        if let Some(detection) = detection {
+            member.set_detection(&detection);
+        }
+        self.members().push(member);
+    }
+
+    /// Keeps the members for which `keep` is true.
+    pub(crate) fn retain(&self, keep: impl FnMut(&Arc<dyn Driven>) -> bool) {
+        self.members().retain(keep);
+    }
+
+    /// The members now, copied out: nothing runs under the lock.
+    pub(crate) fn members_now(&self) -> Vec<Arc<dyn Driven>> {
+        self.members().clone()
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn Driven>>> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn detection(&self) -> std::sync::MutexGuard<'_, Option<Detection>> {
+        self.detection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Driven for Set {
+    fn tick(&self) -> BoxFuture<'_, bool> {
+        async move {
+            let mut quiet = true;
+            for member in self.members_now() {
+                quiet &= member.tick().await;
+            }
+            quiet
+        }
+        .boxed()
+    }
+
+    fn check_expiry(&self) {
+        for member in self.members_now() {
+            member.check_expiry();
+        }
+    }
+
+    fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self
+            .members_now()
+            .iter()
+            .flat_map(|member| member.watched_paths())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    fn set_detection(&self, detection: &Detection) {
+        *self.detection() = Some(detection.clone());
+        for member in self.members_now() {
+            member.set_detection(detection);
+        }
+    }
+
+    fn reloader_flag(&self) -> &AtomicBool {
+        &self.reloader_running
+    }
+}
+
+impl std::fmt::Debug for Set {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Set")
+            .field("members", &self.members().len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tls_reload_build::{BuildError, LeafInfo, Resumption};
+    use tls_reload_detect::Strategy;
+
+    use super::{Driven, Set};
+    use crate::engine::{Engine, Happening, Kind, Settings, Start, Subscribers};
+    use crate::source::DetectorSource;
+    use crate::{CertKind, ExpiryWindow};
+
+    /// A kind that builds a file's text, counting its builds.
+    #[derive(Clone, Default)]
+    struct Text {
+        builds: Arc<AtomicUsize>,
+    }
+
+    impl Kind for Text {
+        type Materials = PathBuf;
+        type Template = ();
+        type Built = String;
+        type Served = String;
+        type Event = String;
+
+        fn build(&self, path: &PathBuf, _: &(), _: Option<&String>) -> Result<String, BuildError> {
+            self.builds.fetch_add(1, Ordering::SeqCst);
+            std::fs::read_to_string(path).map_err(|source| BuildError::Read {
+                path: path.clone(),
+                source,
+            })
+        }
+
+        fn served(&self, built: &String) -> Arc<String> {
+            Arc::new(built.clone())
+        }
+
+        fn paths(&self, path: &PathBuf) -> Vec<PathBuf> {
+            vec![path.clone()]
+        }
+
+        fn file_size_limit(&self, _: &()) -> u64 {
+            1024
+        }
+
+        fn leaf<'a>(&self, _: &'a String) -> Option<&'a LeafInfo> {
+            None
+        }
+
+        fn resumption(&self, _: &String) -> Resumption {
+            Resumption::Fresh
+        }
+
+        fn expiring(&self, _: &String) -> Vec<(CertKind, LeafInfo)> {
+            Vec::new()
+        }
+
+        fn event(&self, happening: Happening<'_, String>) -> String {
+            match happening {
+                Happening::Applied { built, .. } => format!("applied {built}"),
+                other => format!("{other:?}"),
+            }
+        }
+    }
+
+    fn engine(path: &Path, subscribers: &Arc<Subscribers<String>>) -> (Arc<Engine<Text>>, Text) {
+        let kind = Text::default();
+        let start = Start {
+            kind: kind.clone(),
+            materials: path.to_owned(),
+            template: (),
+            source: DetectorSource::Strategy(Strategy::ContentHash),
+            settings: Settings {
+                retry_interval: std::time::Duration::from_secs(30),
+                expiry_window: ExpiryWindow::default(),
+                #[cfg(feature = "test-util")]
+                before_background_apply: None,
+            },
+            subscribers: subscribers.clone(),
+        };
+        let engine = Engine::start_blocking(start).expect("first build");
+        (Arc::new(engine), kind)
+    }
+
+    #[test]
+    fn a_set_rebuilds_only_the_member_whose_files_moved() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a_path, b_path) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a_path, "a1").expect("write");
+        std::fs::write(&b_path, "b1").expect("write");
+        let subscribers = Subscribers::new();
+        let events = subscribers.subscribe();
+        let (a, a_kind) = engine(&a_path, &subscribers);
+        let (b, b_kind) = engine(&b_path, &subscribers);
+        let set = Set::default();
+        set.push(a.clone());
+        set.push(b.clone());
+        assert_eq!(set.watched_paths(), [a_path.clone(), b_path.clone()]);
+
+        assert!(smol::block_on(Driven::tick(&set)), "nothing moved");
+        std::fs::write(&a_path, "a2").expect("write");
+        assert!(!smol::block_on(Driven::tick(&set)));
+        assert_eq!(*a.load(), "a2");
+        assert_eq!(*b.load(), "b1");
+        assert_eq!(a_kind.builds.load(Ordering::SeqCst), 2);
+        assert_eq!(b_kind.builds.load(Ordering::SeqCst), 1, "b was not rebuilt");
+        assert_eq!((a.snapshot().generation, b.snapshot().generation), (2, 1));
+        let seen: Vec<String> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert!(seen.contains(&"applied a2".to_owned()), "{seen:?}");
+
+        set.retain(|member| !std::ptr::addr_eq(Arc::as_ptr(member), Arc::as_ptr(&a)));
+        std::fs::write(&a_path, "a3").expect("write");
+        assert!(smol::block_on(Driven::tick(&set)), "a is no longer driven");
+        assert_eq!(*a.load(), "a2");
+    }
+}
