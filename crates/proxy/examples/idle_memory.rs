@@ -96,7 +96,14 @@ fn raise_fd_limit(wanted: usize) -> usize {
         eprintln!("cannot raise the descriptor limit to {wanted} (needs root and prlimit)");
     }
     let output = Command::new("prlimit")
-        .args(["--pid", &pid, "--nofile", "--noheadings", "--output", "SOFT"])
+        .args([
+            "--pid",
+            &pid,
+            "--nofile",
+            "--noheadings",
+            "--output",
+            "SOFT",
+        ])
         .output();
     output
         .ok()

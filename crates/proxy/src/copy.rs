@@ -5,7 +5,18 @@
 //! `shutdown(Write)`, for TLS a `close_notify` and then that), and the
 //! opposite direction keeps going until its own end. Both directions run in
 //! one future over the two streams, so neither needs splitting or locking.
+//!
+//! A direction holds a buffer only while bytes are in flight: each read
+//! borrows one from the thread's pool and gives it back when the read
+//! finds nothing, or once what it read is written. An idle connection (the
+//! common case for pools and long-polling clients) so holds no copy buffer
+//! at all; a busy one takes the same buffer back from the pool at every
+//! read, without allocating or zeroing. When the writer cannot take the
+//! bytes yet, they stay in that one buffer and the direction stops reading
+//! until they are written: buffering per direction is bounded by one
+//! buffer, and backpressure reaches the sender.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -13,13 +24,39 @@ use std::task::{ready, Context, Poll};
 
 use futures::io::{AsyncRead, AsyncWrite};
 
-/// The buffer for each direction: big enough to fill several TLS records
-/// (16 KiB each) per write.
+/// The buffer of one read: big enough to fill several TLS records (16 KiB
+/// each) per write.
 const BUFFER_SIZE: usize = 64 * 1024;
 
 /// How many buffers one direction moves before yielding to other tasks, so
 /// that a busy connection cannot hold a thread.
 const BUFFERS_PER_POLL: usize = 16;
+
+/// Buffers a thread keeps for its next reads (1 MiB); more are freed.
+const POOL_SIZE: usize = 16;
+
+thread_local! {
+    /// Buffers whose bytes were written, for the next read on this thread.
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from the thread's pool, or a new one.
+fn take_buffer() -> Box<[u8]> {
+    POOL.try_with(|pool| pool.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice())
+}
+
+/// Gives `buf` back to the thread's pool, or frees it when the pool is full.
+fn give_back(buf: Box<[u8]>) {
+    let _ = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_SIZE {
+            pool.push(buf);
+        }
+    });
+}
 
 /// Bytes moved each way by [`copy_bidirectional`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,8 +79,8 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut forward = Pipe::new();
-    let mut backward = Pipe::new();
+    let mut forward = Pipe::default();
+    let mut backward = Pipe::default();
     poll_fn(|cx| {
         let forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
         let backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
@@ -59,10 +96,11 @@ where
     .await
 }
 
-/// One direction: a buffer and where it stands.
+/// One direction: the bytes in flight, if any, and where it stands.
+#[derive(Default)]
 struct Pipe {
-    buf: Box<[u8]>,
-    /// The unwritten bytes are `buf[start..end]`.
+    /// Held only while it has unwritten bytes, `buf[start..end]`.
+    buf: Option<Box<[u8]>>,
     start: usize,
     end: usize,
     read_done: bool,
@@ -71,19 +109,15 @@ struct Pipe {
     copied: u64,
 }
 
-impl Pipe {
-    fn new() -> Self {
-        Self {
-            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            read_done: false,
-            needs_flush: false,
-            closed: false,
-            copied: 0,
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_back(buf);
         }
     }
+}
 
+impl Pipe {
     /// Moves bytes from `reader` to `writer`; ready once the reader ended,
     /// everything was written and the writer was closed.
     fn poll_copy<R, W>(
@@ -100,15 +134,27 @@ impl Pipe {
             return Poll::Ready(Ok(()));
         }
         for _ in 0..BUFFERS_PER_POLL {
-            if self.start == self.end && !self.read_done {
-                match Pin::new(&mut *reader).poll_read(cx, &mut self.buf) {
-                    Poll::Ready(Ok(0)) => self.read_done = true,
-                    Poll::Ready(Ok(n)) => (self.start, self.end) = (0, n),
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            if self.buf.is_none() && !self.read_done {
+                let mut buf = take_buffer();
+                let read = Pin::new(&mut *reader).poll_read(cx, &mut buf);
+                match read {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        (self.start, self.end) = (0, n);
+                        self.buf = Some(buf);
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        give_back(buf);
                         self.read_done = true;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => {
+                        give_back(buf);
+                        if e.kind() != io::ErrorKind::UnexpectedEof {
+                            return Poll::Ready(Err(e));
+                        }
+                        self.read_done = true;
+                    }
                     Poll::Pending => {
+                        give_back(buf);
                         // Nothing more to send for now: push out what the
                         // writer buffered (a TLS stream buffers records).
                         if self.needs_flush {
@@ -119,15 +165,22 @@ impl Pipe {
                     }
                 }
             }
-            while self.start < self.end {
-                let unwritten = &self.buf[self.start..self.end];
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, unwritten))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            if let Some(buf) = &self.buf {
+                while self.start < self.end {
+                    let unwritten = &buf[self.start..self.end];
+                    // Pending keeps the bytes, and the buffer, until the
+                    // writer takes them.
+                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, unwritten))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.start += n;
+                    self.copied += n as u64;
+                    self.needs_flush = true;
                 }
-                self.start += n;
-                self.copied += n as u64;
-                self.needs_flush = true;
+            }
+            if let Some(buf) = self.buf.take() {
+                give_back(buf);
             }
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_close(cx))?;
@@ -158,6 +211,8 @@ mod tests {
         stuttered: bool,
         written: Vec<u8>,
         max_write: usize,
+        /// Take no bytes (`Pending`), as a peer that does not read.
+        blocked: bool,
         flushes: usize,
         closed: bool,
     }
@@ -205,6 +260,9 @@ mod tests {
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
             assert!(!self.closed, "write after close");
+            if self.blocked {
+                return Poll::Pending;
+            }
             let n = buf.len().min(self.max_write);
             self.written.extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
@@ -309,5 +367,41 @@ mod tests {
         b.max_write = 0;
         let error = smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::WriteZero);
+    }
+
+    #[test]
+    fn an_idle_direction_holds_no_buffer() {
+        let mut a = Mock::sending(&[b"hello"], eof());
+        a.reads.pop_back();
+        let mut b = Mock::default();
+        b.max_write = 100;
+        let mut pipe = Pipe::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(pipe.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        assert_eq!(b.written, b"hello");
+        assert!(pipe.buf.is_none(), "a silent direction keeps its buffer");
+    }
+
+    #[test]
+    fn bytes_the_writer_cannot_take_wait_in_one_buffer_and_are_all_written() {
+        let mut a = Mock::sending(&[b"first", b"second"], eof());
+        let mut b = Mock {
+            max_write: 100,
+            blocked: true,
+            ..Mock::default()
+        };
+        let mut pipe = Pipe::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(pipe.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        assert!(pipe.buf.is_some(), "the unwritten bytes were dropped");
+        assert_eq!(a.reads.len(), 2, "read on while the writer was full");
+
+        b.blocked = false;
+        assert!(pipe.poll_copy(&mut cx, &mut a, &mut b).is_ready());
+        assert_eq!(b.written, b"firstsecond");
+        assert!(b.closed);
+        assert!(pipe.buf.is_none());
     }
 }
