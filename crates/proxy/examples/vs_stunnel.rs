@@ -3,11 +3,15 @@
 //! Compares `tls-reload-proxy` with `stunnel4` fronting the same in-process
 //! backend, with the same certificate and key (ECDSA P-256), TLS 1.3 and
 //! TLS_AES_128_GCM_SHA256 (the client offers nothing else): bulk throughput
-//! from the backend through one connection and through 16, and new TLS
-//! connections per second (full handshakes, no resumption, one byte each
-//! way, then close). Each measurement runs SECONDS (default 3) against
-//! each proxy in turn, alternating, twice; the table shows the better run.
-//! Needs the release binary next to this example and `stunnel4` on PATH.
+//! through one connection and through 16, streamed (the backend sends, the
+//! client reads) and echoed (the client writes 64 KiB and reads them back,
+//! again and again), and new TLS connections per second (full handshakes,
+//! no resumption, one byte each way, then close). Each measurement runs
+//! SECONDS (default 3) against each proxy in turn, alternating, twice; the
+//! table shows the better run, and each proxy's CPU time (user and system)
+//! per GiB moved in the streamed rows. Needs the release binary next to
+//! this example and `stunnel4` on PATH. With `VS_STUNNEL_BASELINE=PATH`, the
+//! proxy binary at PATH (an earlier build, say) runs too, as a third column.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -40,10 +44,20 @@ fn main() -> anyhow::Result<()> {
     let (cert, key, root) = write_certificate(dir.path())?;
     let backend = start_backend()?;
 
-    let ours = Server::ours(dir.path(), &cert, &key, backend)?;
-    let theirs = Server::stunnel(dir.path(), &cert, &key, backend)?;
+    let mut servers = vec![Server::ours(dir.path(), &cert, &key, backend, None)?];
+    if let Some(baseline) = std::env::var_os("VS_STUNNEL_BASELINE") {
+        let baseline = PathBuf::from(baseline);
+        servers.push(Server::ours(
+            dir.path(),
+            &cert,
+            &key,
+            backend,
+            Some(&baseline),
+        )?);
+    }
+    servers.push(Server::stunnel(dir.path(), &cert, &key, backend)?);
     let config = client_config(root)?;
-    for server in [&ours, &theirs] {
+    for server in &servers {
         let (suite, group) = negotiated(server.addr, &config)?;
         println!("{:<17} negotiates {suite} with {group}", server.name);
     }
@@ -54,32 +68,72 @@ fn main() -> anyhow::Result<()> {
     );
 
     type Measure = fn(SocketAddr, &Arc<ClientConfig>, Duration) -> anyhow::Result<f64>;
-    let measurements: [(&str, &str, Measure); 3] = [
-        ("bulk, 1 connection", "MB/s", |addr, config, run_for| {
-            bulk(addr, config, 1, run_for)
-        }),
-        ("bulk, 16 connections", "MB/s", |addr, config, run_for| {
-            bulk(addr, config, BULK_CONNECTIONS, run_for)
-        }),
-        ("new connections", "conn/s", handshakes),
+    let measurements: [(&str, &str, bool, Measure); 5] = [
+        (
+            "bulk, 1 conn, stream",
+            "MB/s",
+            true,
+            |addr, config, run_for| bulk(addr, config, 1, Bulk::Stream, run_for),
+        ),
+        (
+            "bulk, 16 conn, stream",
+            "MB/s",
+            true,
+            |addr, config, run_for| bulk(addr, config, BULK_CONNECTIONS, Bulk::Stream, run_for),
+        ),
+        (
+            "bulk, 1 conn, echo",
+            "MB/s",
+            false,
+            |addr, config, run_for| bulk(addr, config, 1, Bulk::Echo, run_for),
+        ),
+        (
+            "bulk, 16 conn, echo",
+            "MB/s",
+            false,
+            |addr, config, run_for| bulk(addr, config, BULK_CONNECTIONS, Bulk::Echo, run_for),
+        ),
+        ("new connections", "conn/s", false, handshakes),
     ];
-    println!(
-        "{:<22} {:>18} {:>18} {:>13}",
-        "measurement", "tls-reload-proxy", "stunnel4", "ours/stunnel"
-    );
-    for (name, unit, measure) in measurements {
-        let (mut best_ours, mut best_theirs) = (0f64, 0f64);
-        for _ in 0..ROUNDS {
-            best_ours = best_ours.max(measure(ours.addr, &config, run_for)?);
-            best_theirs = best_theirs.max(measure(theirs.addr, &config, run_for)?);
-        }
-        println!(
-            "{name:<22} {:>11.0} {unit:<6} {:>11.0} {unit:<6} {:>13.2}",
-            best_ours,
-            best_theirs,
-            best_ours / best_theirs
-        );
+    let stunnel = servers.len() - 1;
+    print!("{:<22}", "measurement");
+    for server in &servers {
+        print!(" {:>18}", server.name);
     }
+    println!(" {:>13}", "ours/stunnel");
+    // CPU seconds and bytes of the streamed rows, per server.
+    let mut streamed = vec![(0f64, 0f64); servers.len()];
+    for (name, unit, stream, measure) in measurements {
+        let mut best = vec![0f64; servers.len()];
+        for _ in 0..ROUNDS {
+            for (i, server) in servers.iter().enumerate() {
+                let cpu = cpu_seconds(server.child.id())?;
+                let start = Instant::now();
+                let rate = measure(server.addr, &config, run_for)?;
+                if stream {
+                    let cpu = cpu_seconds(server.child.id())? - cpu;
+                    // MB/s over the counted part; the CPU covers the
+                    // fill-up too, so this slightly overstates CPU per GiB.
+                    streamed[i].0 += cpu;
+                    streamed[i].1 += rate * 1e6 * start.elapsed().as_secs_f64();
+                }
+                best[i] = best[i].max(rate);
+            }
+        }
+        print!("{name:<22}");
+        for rate in &best {
+            print!(" {rate:>11.0} {unit:<6}");
+        }
+        println!(" {:>13.2}", best[0] / best[stunnel]);
+    }
+    print!("{:<22}", "CPU s per GiB streamed");
+    for (cpu, bytes) in &streamed {
+        print!(" {:>18.2}", cpu / (bytes / (1u64 << 30) as f64));
+    }
+    println!(
+        " {:>13.2}",
+        (streamed[0].0 / streamed[0].1) / (streamed[stunnel].0 / streamed[stunnel].1)
+    );
     Ok(())
 }
 
@@ -94,7 +148,8 @@ fn write_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, Certificat
 }
 
 /// The backend: after a first byte `D` it sends zeros until the client
-/// goes; after any other byte it answers one byte and closes.
+/// goes; after `E` it echoes what comes until the client goes; after any
+/// other byte it answers one byte and closes.
 fn start_backend() -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -115,6 +170,13 @@ fn serve_backend(mut stream: TcpStream) {
     if first[0] == b'D' {
         let zeros = vec![0; 256 * 1024];
         while stream.write_all(&zeros).is_ok() {}
+    } else if first[0] == b'E' {
+        let mut buf = vec![0; 256 * 1024];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            if stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
     } else {
         let _ = stream.write_all(b"!");
         let _ = stream.read(&mut first);
@@ -129,20 +191,35 @@ struct Server {
 }
 
 impl Server {
-    fn ours(dir: &Path, cert: &Path, key: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
+    /// Our proxy: the release binary next to this example, or `binary`.
+    fn ours(
+        dir: &Path,
+        cert: &Path,
+        key: &Path,
+        backend: SocketAddr,
+        binary: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
-        let binary = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(|release| release.join("tls-reload-proxy"))
-            .context("no directory above the example")?;
+        let name = if binary.is_some() {
+            "baseline"
+        } else {
+            "tls-reload-proxy"
+        };
+        let binary = match binary {
+            Some(binary) => binary.to_path_buf(),
+            None => exe
+                .parent()
+                .and_then(Path::parent)
+                .map(|release| release.join("tls-reload-proxy"))
+                .context("no directory above the example")?,
+        };
         if !binary.exists() {
             bail!(
                 "{} is missing: run `cargo build --release -p tls-reload-proxy` first",
                 binary.display()
             );
         }
-        let log = std::fs::File::create(dir.join("proxy.log"))?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut child = Command::new(&binary)
             .args(["--listen", "127.0.0.1:0", "--target", &backend.to_string()])
             .arg("--cert")
@@ -163,11 +240,7 @@ impl Server {
             .strip_prefix("listening on ")
             .with_context(|| format!("unexpected first line {line:?}"))?
             .parse()?;
-        Ok(Self {
-            name: "tls-reload-proxy",
-            addr,
-            child,
-        })
+        Ok(Self { name, addr, child })
     }
 
     fn stunnel(dir: &Path, cert: &Path, key: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
@@ -256,11 +329,25 @@ fn negotiated(addr: SocketAddr, config: &Arc<ClientConfig>) -> anyhow::Result<(S
     ))
 }
 
-/// MB/s received by `connections` clients downloading at once.
+/// How the bulk clients move bytes.
+#[derive(Clone, Copy)]
+enum Bulk {
+    /// The backend sends, the client reads.
+    Stream,
+    /// The client writes [`ECHO_CHUNK`] bytes and reads them back, again
+    /// and again.
+    Echo,
+}
+
+/// What an echoing client writes before reading it back.
+const ECHO_CHUNK: usize = 64 * 1024;
+
+/// MB/s received by `connections` clients at once.
 fn bulk(
     addr: SocketAddr,
     config: &Arc<ClientConfig>,
     connections: usize,
+    how: Bulk,
     run_for: Duration,
 ) -> anyhow::Result<f64> {
     let received = Arc::new(AtomicU64::new(0));
@@ -268,16 +355,29 @@ fn bulk(
     let mut clients = Vec::new();
     for _ in 0..connections {
         let mut tls = connect(addr, config)?;
-        tls.write_all(b"D")?;
+        tls.write_all(match how {
+            Bulk::Stream => b"D",
+            Bulk::Echo => b"E",
+        })?;
         let (received, stop) = (received.clone(), stop.clone());
         clients.push(thread::spawn(move || -> anyhow::Result<()> {
             let mut buf = vec![0; 256 * 1024];
+            let chunk = vec![7; ECHO_CHUNK];
             while !stop.load(Ordering::Relaxed) {
-                let n = tls.read(&mut buf)?;
-                if n == 0 {
-                    bail!("the proxy closed a bulk connection");
+                match how {
+                    Bulk::Stream => {
+                        let n = tls.read(&mut buf)?;
+                        if n == 0 {
+                            bail!("the proxy closed a bulk connection");
+                        }
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Bulk::Echo => {
+                        tls.write_all(&chunk)?;
+                        tls.read_exact(&mut buf[..ECHO_CHUNK])?;
+                        received.fetch_add(ECHO_CHUNK as u64, Ordering::Relaxed);
+                    }
                 }
-                received.fetch_add(n as u64, Ordering::Relaxed);
             }
             Ok(())
         }));
@@ -296,6 +396,27 @@ fn bulk(
             .map_err(|_| anyhow::anyhow!("a client panicked"))??;
     }
     Ok(bytes as f64 / elapsed.as_secs_f64() / 1e6)
+}
+
+/// User and system CPU seconds `pid` has used so far.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command in /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    // utime and stime, fields 14 and 15 of the line (11 and 12 here), in
+    // clock ticks of 1/100 s (USER_HZ on Linux).
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// Full TLS connections per second, each sending one byte through to the
