@@ -373,8 +373,10 @@ mod tests {
     fn an_idle_direction_holds_no_buffer() {
         let mut a = Mock::sending(&[b"hello"], eof());
         a.reads.pop_back();
-        let mut b = Mock::default();
-        b.max_write = 100;
+        let mut b = Mock {
+            max_write: 100,
+            ..Mock::default()
+        };
         let mut pipe = Pipe::default();
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
