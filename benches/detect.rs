@@ -2,16 +2,22 @@
 //! of 1,000 and 10,000 files of 2 KiB, unchanged and just changed.
 //!
 //! Baseline in each group: a bare `std::fs::metadata` loop over the same
-//! files, paths collected beforehand. Budget: an unchanged `Combined` check
-//! costs at most 1.5x the baseline. The files are left alone for longer
-//! than `Combined`'s racy window before measuring, so the unchanged case is
-//! the steady state of the real default.
+//! files, paths collected beforehand. Budget: an unchanged `Combined` or
+//! `Metadata` check costs at most 1.15x the baseline. The files are left
+//! alone for longer than `Combined`'s racy window before measuring, so the
+//! unchanged case is the steady state of the real default.
+//!
+//! After criterion's groups, a table of ratios measured in interleaved
+//! rounds (baseline, `Combined`, `Metadata`, one batch each, in turn; the
+//! median of the rounds' ratios), which a shared, noisy machine moves far
+//! less than criterion's one-after-the-other timings.
+//! `cargo bench --bench detect -- --ratios` prints the table alone.
 
 use std::cell::Cell;
 use std::fs;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion};
@@ -153,7 +159,75 @@ fn checks(c: &mut Criterion) {
     }
 }
 
+/// Unchanged checks against the baseline, in interleaved rounds.
+fn ratios() {
+    let fixtures = SIZES.map(Fixture::new);
+    std::thread::sleep(DEFAULT_RACY_WINDOW + Duration::from_millis(500));
+    println!("\nunchanged check vs bare metadata loop, median of 15 interleaved rounds (budget: <= 1.15x)");
+    println!("| files | bare `metadata` loop | `Combined` | `Metadata` |");
+    println!("|---:|---:|---:|---:|");
+    for fixture in &fixtures {
+        let count = fixture.files.len();
+        let combined = Combined::new(&fixture.watched);
+        let metadata = Metadata::new(&fixture.watched);
+        combined.fingerprint_blocking().expect("prime");
+        metadata.fingerprint_blocking().expect("prime");
+        // About 20 ms per batch.
+        let batch = (20_000 / count).max(1);
+        let time = |f: &dyn Fn()| {
+            let start = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            start.elapsed().as_secs_f64() / batch as f64
+        };
+        let base = || {
+            for file in &fixture.files {
+                black_box(fs::metadata(black_box(file)).expect("stat"));
+            }
+        };
+        let comb = || {
+            black_box(combined.fingerprint_blocking().expect("check"));
+        };
+        let meta = || {
+            black_box(metadata.fingerprint_blocking().expect("check"));
+        };
+        let (mut bases, mut combs, mut metas) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..16 {
+            let (b, c, m) = (time(&base), time(&comb), time(&meta));
+            if round > 0 {
+                bases.push(b);
+                combs.push(c / b);
+                metas.push(m / b);
+            }
+        }
+        println!(
+            "| {count} | {} | {:.2}x | {:.2}x |",
+            human(median(bases)),
+            median(combs),
+            median(metas)
+        );
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn human(secs: f64) -> String {
+    if secs < 1e-3 {
+        format!("{:.2} µs", secs * 1e6)
+    } else {
+        format!("{:.2} ms", secs * 1e3)
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--ratios") {
+        ratios();
+        return;
+    }
     // By hand rather than `criterion_group!`, whose `pub fn` has no docs.
     let mut criterion = Criterion::default()
         .sample_size(20)
@@ -162,4 +236,5 @@ fn main() {
         .configure_from_args();
     checks(&mut criterion);
     criterion.final_summary();
+    ratios();
 }

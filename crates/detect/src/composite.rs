@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use futures::future::try_join_all;
@@ -15,9 +16,11 @@ use crate::{DetectError, Detector, Fingerprint, Strategy, DEFAULT_MAX_FILE_SIZE}
 /// use tls_reload_detect::{Composite, Strategy};
 /// let watched = Composite::from_paths(Strategy::Combined, ["tls.crt", "tls.key", "ca.d"]);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Composite {
     members: Vec<(PathBuf, Box<dyn Detector>)>,
+    /// The members' last fingerprints and the set's, made of them.
+    last: Mutex<Option<(Vec<Fingerprint>, Fingerprint)>>,
 }
 
 impl Composite {
@@ -57,6 +60,7 @@ impl Composite {
         detector: impl Detector + 'static,
     ) -> &mut Self {
         self.members.push((path.into(), Box::new(detector)));
+        *self.last.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
         self
     }
 
@@ -76,14 +80,37 @@ impl Composite {
     }
 }
 
+impl std::fmt::Debug for Composite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Composite")
+            .field("members", &self.members)
+            .finish()
+    }
+}
+
 #[async_trait]
 impl Detector for Composite {
     async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
-        let parts = try_join_all(self.members.iter().map(|(path, detector)| async move {
-            Ok::<_, DetectError>((path.clone(), detector.fingerprint().await?))
-        }))
+        let parts = try_join_all(
+            self.members
+                .iter()
+                .map(|(_, detector)| detector.fingerprint()),
+        )
         .await?;
-        Ok(Fingerprint::from_parts(parts))
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((held, fingerprint)) = &*last {
+            if held.iter().zip(&parts).all(|(held, now)| held.is_same(now)) {
+                return Ok(fingerprint.clone());
+            }
+        }
+        let fingerprint = Fingerprint::from_parts(
+            self.members
+                .iter()
+                .map(|(path, _)| path.clone())
+                .zip(parts.iter().cloned()),
+        );
+        *last = Some((parts, fingerprint.clone()));
+        Ok(fingerprint)
     }
 
     fn watched_paths(&self) -> Vec<PathBuf> {

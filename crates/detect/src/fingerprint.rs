@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -13,7 +13,11 @@ use sha2::{Digest, Sha256};
 /// count), and `Debug` prints only a short prefix of the digest.
 ///
 /// Fingerprints of paths keep one part per file they cover, so
-/// [`changed_paths`](Fingerprint::changed_paths) can name what moved.
+/// [`changed_paths`](Fingerprint::changed_paths) can name what moved. Their
+/// digest is computed when first asked for, not when they are made:
+/// comparing two of them compares their parts (nothing at all for two
+/// clones of one fingerprint, which is what the built-in detectors hand out
+/// while nothing moved), so an idle check hashes nothing.
 #[derive(Clone)]
 pub struct Fingerprint(Repr);
 
@@ -24,8 +28,25 @@ enum Repr {
 }
 
 struct SetRepr {
-    digest: [u8; 32],
+    /// Computed from `parts` when first asked for.
+    digest: OnceLock<[u8; 32]>,
     parts: Vec<(PathBuf, Fingerprint)>,
+}
+
+impl SetRepr {
+    fn digest(&self) -> &[u8; 32] {
+        self.digest.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            hasher.update(b"tls-reload-detect set\0");
+            for (path, part) in &self.parts {
+                let bytes = path.as_os_str().as_encoded_bytes();
+                hasher.update((bytes.len() as u64).to_le_bytes());
+                hasher.update(bytes);
+                hasher.update(part.digest());
+            }
+            hasher.finalize().into()
+        })
+    }
 }
 
 impl Fingerprint {
@@ -47,7 +68,8 @@ impl Fingerprint {
 
     /// A fingerprint made of one part per path. Its digest covers the paths,
     /// their order and their parts; a part that is itself made of parts is
-    /// flattened into this one.
+    /// flattened into this one. Nothing is hashed until
+    /// [`digest`](Fingerprint::digest) is asked for.
     pub fn from_parts(parts: impl IntoIterator<Item = (PathBuf, Fingerprint)>) -> Self {
         let mut flat = Vec::new();
         for (path, part) in parts {
@@ -56,25 +78,28 @@ impl Fingerprint {
                 Repr::Set(set) => flat.extend(set.parts.iter().cloned()),
             }
         }
-        let mut hasher = Sha256::new();
-        hasher.update(b"tls-reload-detect set\0");
-        for (path, part) in &flat {
-            let bytes = path.as_os_str().as_encoded_bytes();
-            hasher.update((bytes.len() as u64).to_le_bytes());
-            hasher.update(bytes);
-            hasher.update(part.digest());
-        }
         Self(Repr::Set(Arc::new(SetRepr {
-            digest: hasher.finalize().into(),
+            digest: OnceLock::new(),
             parts: flat,
         })))
     }
 
-    /// The 32-byte digest that equality compares.
+    /// The 32-byte digest: equal fingerprints have equal digests. For a
+    /// fingerprint made of parts, computed on the first call.
     pub fn digest(&self) -> &[u8; 32] {
         match &self.0 {
             Repr::Leaf(digest) => digest,
-            Repr::Set(set) => &set.digest,
+            Repr::Set(set) => set.digest(),
+        }
+    }
+
+    /// Whether `self` and `other` are clones of one fingerprint: a pointer
+    /// comparison, for a caller that keeps what it handed out last.
+    pub(crate) fn is_same(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Set(a), Repr::Set(b)) => Arc::ptr_eq(a, b),
+            (Repr::Leaf(a), Repr::Leaf(b)) => a == b,
+            _ => false,
         }
     }
 
@@ -123,8 +148,27 @@ impl Fingerprint {
 }
 
 impl PartialEq for Fingerprint {
+    /// Clones of one fingerprint are equal at once; two sets compare their
+    /// parts (paths and leaf digests), with no hashing; a set and a leaf
+    /// compare digests.
     fn eq(&self, other: &Self) -> bool {
-        self.digest() == other.digest()
+        match (&self.0, &other.0) {
+            (Repr::Leaf(a), Repr::Leaf(b)) => a == b,
+            (Repr::Set(a), Repr::Set(b)) => {
+                Arc::ptr_eq(a, b)
+                    || match (a.digest.get(), b.digest.get()) {
+                        (Some(a), Some(b)) => a == b,
+                        // Paths by their bytes, as the digest covers them.
+                        _ => {
+                            a.parts.len() == b.parts.len()
+                                && a.parts.iter().zip(&b.parts).all(|((pa, fa), (pb, fb))| {
+                                    pa.as_os_str() == pb.as_os_str() && fa == fb
+                                })
+                        }
+                    }
+            }
+            _ => self.digest() == other.digest(),
+        }
     }
 }
 
@@ -250,6 +294,24 @@ mod tests {
             paths,
             [Path::new("cert"), Path::new("dir/x"), Path::new("dir/y")]
         );
+    }
+
+    #[test]
+    fn sets_compare_by_their_parts_as_their_digests_do() {
+        let a = set(&[("dir/a", b"1"), ("dir/b", b"2")]);
+        let same = set(&[("dir/a", b"1"), ("dir/b", b"2")]);
+        assert!(a.is_same(&a.clone()));
+        assert!(!a.is_same(&same));
+        assert_eq!(a, same, "compared by parts, no digest yet");
+        assert_eq!(a.digest(), same.digest());
+        // The digest covers the paths' bytes, and so does equality.
+        let spelled = set(&[("dir//a", b"1"), ("dir/b", b"2")]);
+        assert_ne!(a, spelled);
+        assert_ne!(a.digest(), spelled.digest());
+        assert_ne!(a, set(&[("dir/b", b"2"), ("dir/a", b"1")]), "order counts");
+        // Once digests are known, they decide.
+        let _ = (a.digest(), same.digest());
+        assert_eq!(a, same);
     }
 
     #[test]

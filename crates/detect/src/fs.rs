@@ -34,6 +34,9 @@ pub(crate) struct Listing {
     pub(crate) files: Vec<(PathBuf, fs::Metadata)>,
     /// Symlinks whose target does not exist.
     pub(crate) dangling: Vec<PathBuf>,
+    /// Other entries that are not hidden: subdirectories, symlinks to them,
+    /// sockets...
+    pub(crate) others: Vec<PathBuf>,
 }
 
 /// The regular files of a directory, following symlinks, sorted by name,
@@ -56,6 +59,7 @@ pub(crate) fn listing(dir: &Path) -> Result<Listing, DetectError> {
 pub(crate) fn listing_unsorted(dir: &Path) -> Result<Listing, DetectError> {
     let mut files = Vec::new();
     let mut dangling = Vec::new();
+    let mut others = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DetectError::io(dir, e))? {
         let entry = entry.map_err(|e| DetectError::io(dir, e))?;
         let path = entry.path();
@@ -67,7 +71,7 @@ pub(crate) fn listing_unsorted(dir: &Path) -> Result<Listing, DetectError> {
         }
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => files.push((path, meta)),
-            Ok(_) => {}
+            Ok(_) => others.push(path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Gone since the listing, or a symlink that points nowhere:
                 // only the second is still there to report.
@@ -78,7 +82,93 @@ pub(crate) fn listing_unsorted(dir: &Path) -> Result<Listing, DetectError> {
             Err(e) => return Err(DetectError::io(&path, e)),
         }
     }
-    Ok(Listing { files, dangling })
+    Ok(Listing {
+        files,
+        dangling,
+        others,
+    })
+}
+
+/// What a directory held at a check, kept by a detector for the next one,
+/// so that an idle check of a directory is one `stat` of it and one of each
+/// entry, with nothing listed, sorted, hashed or copied.
+///
+/// Creating, removing or renaming an entry moves a directory's mtime and
+/// ctime, so while its metadata holds, its names do; only what they point
+/// to can have moved, which the entries' own `stat`s (following symlinks)
+/// tell. A directory changed so recently that a second change could land in
+/// the same timestamp tick (the racy window, as for [`MetaKey::is_racy`]) is
+/// listed again at every check until it is older.
+pub(crate) struct Seen {
+    dir: MetaKey,
+    /// The directory was past the racy window when it was listed.
+    trusted: bool,
+    /// The regular files, in listing order, with their metadata.
+    files: Vec<(PathBuf, MetaKey)>,
+    dangling: Vec<PathBuf>,
+    /// Entries that are neither (a subdirectory, a symlink to one): a
+    /// symlink's target can become a regular file without the directory
+    /// moving.
+    others: Vec<PathBuf>,
+}
+
+impl Seen {
+    /// What `listing` (from [`listing_unsorted`], not reordered since) holds,
+    /// for a directory with metadata `dir`, listed at or after `now`.
+    pub(crate) fn new(
+        dir: &fs::Metadata,
+        listing: &Listing,
+        now: SystemTime,
+        window: Duration,
+    ) -> Self {
+        let dir = MetaKey::new(dir);
+        Self {
+            dir,
+            trusted: !dir.is_racy(now, window),
+            files: listing
+                .files
+                .iter()
+                .map(|(path, meta)| (path.clone(), MetaKey::new(meta)))
+                .collect(),
+            dangling: listing.dangling.clone(),
+            others: listing.others.clone(),
+        }
+    }
+
+    /// The directory's own metadata when it was listed.
+    pub(crate) fn dir(&self) -> MetaKey {
+        self.dir
+    }
+
+    /// Whether the directory, with metadata `dir` now, still holds what was
+    /// seen: its metadata holds and is trusted, and each entry's `stat` says
+    /// what it said. `false` means "list it again", not "changed".
+    pub(crate) fn holds(&self, dir: &fs::Metadata) -> bool {
+        self.trusted
+            && self.dir == MetaKey::new(dir)
+            && self.files.iter().all(|(path, key)| {
+                fs::metadata(path).is_ok_and(|meta| meta.is_file() && MetaKey::new(&meta) == *key)
+            })
+            && self.dangling.iter().all(|path| {
+                fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            })
+            && self
+                .others
+                .iter()
+                .all(|path| fs::metadata(path).is_ok_and(|meta| !meta.is_file()))
+    }
+
+    /// Whether `other` lists the same files with the same metadata and the
+    /// same dangling symlinks, in the same order.
+    pub(crate) fn same_entries(&self, other: &Seen) -> bool {
+        self.dangling == other.dangling
+            && self.files.len() == other.files.len()
+            && self
+                .files
+                .iter()
+                .zip(&other.files)
+                .all(|((a, ka), (b, kb))| ka == kb && a.as_os_str() == b.as_os_str())
+    }
 }
 
 /// The fingerprint part of a dangling symlink in a watched directory: its

@@ -85,9 +85,14 @@ impl ContentHash {
 /// It cannot see two writes of the same size within one timestamp tick, and
 /// it reports a `touch` or a same-content rewrite as a change. [`Combined`]
 /// fixes both.
-#[derive(Clone, Debug)]
+///
+/// A check compares the metadata it reads with what the previous check
+/// read, and while nothing moved returns the previous fingerprint as it
+/// is: an idle check hashes nothing.
+#[derive(Clone)]
 pub struct Metadata {
     path: Arc<Path>,
+    last: Arc<Mutex<Option<Last>>>,
 }
 
 impl Metadata {
@@ -95,6 +100,7 @@ impl Metadata {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into().into(),
+            last: Arc::default(),
         }
     }
 
@@ -106,23 +112,64 @@ impl Metadata {
     /// Takes the fingerprint on the current thread.
     pub fn fingerprint_blocking(&self) -> Result<Fingerprint, DetectError> {
         let path = &*self.path;
-        let leaf = |meta: &std::fs::Metadata| Fingerprint::from_digest(MetaKey::new(meta).digest());
-        match fs::target(path)? {
-            Target::File(meta) => Ok(Fingerprint::from_parts([(path.to_path_buf(), leaf(&meta))])),
-            Target::Dir(meta) => {
-                let own = (path.to_path_buf(), leaf(&meta));
-                let listing = fs::listing(path)?;
-                let entries = listing
-                    .files
-                    .iter()
-                    .map(|(file, meta)| (file.clone(), leaf(meta)));
-                Ok(Fingerprint::from_parts(
-                    std::iter::once(own)
-                        .chain(entries)
-                        .chain(dangling(listing.dangling)),
-                ))
-            }
+        let target = fs::target(path)?;
+        let mut last = lock(&self.last);
+        if let Some(held) = last.as_ref().filter(|last| last.holds(&target)) {
+            return Ok(held.fingerprint.clone());
         }
+        let leaf = |key: MetaKey| Fingerprint::from_digest(key.digest());
+        let taken = match target {
+            Target::File(meta) => {
+                let key = MetaKey::new(&meta);
+                Last {
+                    own: key,
+                    seen: None,
+                    trusted: true,
+                    fingerprint: Fingerprint::from_parts([(path.to_path_buf(), leaf(key))]),
+                }
+            }
+            Target::Dir(meta) => {
+                let own = MetaKey::new(&meta);
+                let now = SystemTime::now();
+                let listing = fs::listing_unsorted(path)?;
+                let seen = fs::Seen::new(&meta, &listing, now, DEFAULT_RACY_WINDOW);
+                if let Some(held) = last.as_mut().filter(|held| held.stands(&seen, true)) {
+                    return Ok(held.relisted(seen));
+                }
+                let fs::Listing {
+                    mut files,
+                    mut dangling,
+                    ..
+                } = listing;
+                fs::sort_by_path(&mut files);
+                dangling.sort_unstable_by(|a, b| fs::path_bytes(a).cmp(fs::path_bytes(b)));
+                let entries = files
+                    .iter()
+                    .map(|(file, meta)| (file.clone(), leaf(MetaKey::new(meta))));
+                let fingerprint = Fingerprint::from_parts(
+                    std::iter::once((path.to_path_buf(), leaf(own)))
+                        .chain(entries)
+                        .chain(self::dangling(dangling)),
+                );
+                Last {
+                    own,
+                    seen: Some(seen),
+                    trusted: true,
+                    fingerprint,
+                }
+            }
+        };
+        let fingerprint = taken.fingerprint.clone();
+        *last = Some(taken);
+        Ok(fingerprint)
+    }
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metadata")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,8 +177,11 @@ impl Metadata {
 ///
 /// Its fingerprints are those of [`ContentHash`], so a `touch` or a rewrite
 /// with the same bytes is not a change, yet an idle check costs one `stat`
-/// per file. Metadata younger than the [racy window](Combined::racy_window)
-/// is not trusted, so two writes within one timestamp tick are still seen.
+/// per file: it compares the metadata it reads with what the previous check
+/// read, and while nothing moved returns the previous fingerprint as it is,
+/// with nothing hashed. Metadata younger than the
+/// [racy window](Combined::racy_window) is not trusted, so two writes within
+/// one timestamp tick are still seen.
 #[derive(Clone)]
 pub struct Combined {
     hash: ContentHash,
@@ -154,35 +204,57 @@ struct Known {
     trusted: bool,
 }
 
-/// A fingerprint and the listing it was taken from, in the order the
-/// directory gave it (a file is a listing of one).
+/// A fingerprint and what it was taken from, for the next check to compare
+/// with.
 struct Last {
-    dir: bool,
-    listing: Vec<(PathBuf, MetaKey)>,
-    /// The dangling symlinks, in listing order.
-    dangling: Vec<PathBuf>,
+    /// The watched path's own metadata: a file's, or a directory's.
+    own: MetaKey,
+    /// A directory's listing; `None` for a file.
+    seen: Option<fs::Seen>,
     /// Every file's metadata was past the racy window when it was hashed.
     trusted: bool,
     fingerprint: Fingerprint,
 }
 
 impl Last {
-    /// Whether `current`, listed the same way, has exactly this listing's
-    /// paths and metadata, and it could all be trusted.
-    fn holds<'a>(
-        &self,
-        dir: bool,
-        current: impl ExactSizeIterator<Item = (&'a Path, &'a std::fs::Metadata)>,
-    ) -> bool {
+    /// Whether `target` (the watched path now) still holds what this was
+    /// taken from, by its metadata alone, and it could all be trusted.
+    fn holds(&self, target: &Target) -> bool {
         self.trusted
-            && self.dir == dir
-            && self.listing.len() == current.len()
-            && self
-                .listing
-                .iter()
-                .zip(current)
-                .all(|((path, key), (now, meta))| path == now && *key == MetaKey::new(meta))
+            && match (target, &self.seen) {
+                (Target::File(meta), None) => self.own == MetaKey::new(meta),
+                (Target::Dir(meta), Some(seen)) => seen.holds(meta),
+                _ => false,
+            }
     }
+
+    /// Whether a directory listed again as `seen` has the files this was
+    /// taken from (`own_dir`: and the same metadata of its own), so this
+    /// fingerprint stands.
+    fn stands(&self, seen: &fs::Seen, own_dir: bool) -> bool {
+        self.trusted
+            && (!own_dir || self.own == seen.dir())
+            && self
+                .seen
+                .as_ref()
+                .is_some_and(|last| last.same_entries(seen))
+    }
+
+    /// Keeps `seen` for the next check; this fingerprint stands.
+    fn relisted(&mut self, seen: fs::Seen) -> Fingerprint {
+        self.seen = Some(seen);
+        self.fingerprint.clone()
+    }
+}
+
+/// Locks a detector's memory of its last check. A poisoned lock only means a
+/// panic elsewhere mid-update; the memory is a hint, so start it afresh.
+fn lock<T: Default>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| {
+        let mut guard = poisoned.into_inner();
+        *guard = T::default();
+        guard
+    })
 }
 
 impl Combined {
@@ -218,69 +290,49 @@ impl Combined {
 
     /// Takes the fingerprint on the current thread.
     pub fn fingerprint_blocking(&self) -> Result<Fingerprint, DetectError> {
-        // Before any stat: metadata is trusted only if it was already old
-        // when it was taken.
-        let now = SystemTime::now();
         let path = self.path();
-        // A poisoned lock only means a panic elsewhere mid-update; the cache
-        // is a hint, so start it afresh.
-        let mut cache = match self.cache.lock() {
-            Ok(cache) => cache,
-            Err(poisoned) => {
-                let mut cache = poisoned.into_inner();
-                *cache = Cache::default();
-                cache
-            }
-        };
+        let target = fs::target(path)?;
+        let mut cache = lock(&self.cache);
         let cache = &mut *cache;
-        match fs::target(path)? {
+        if let Some(last) = cache.last.as_ref().filter(|last| last.holds(&target)) {
+            return Ok(last.fingerprint.clone());
+        }
+        // Something moved: the clock is read once, before any file is read
+        // (metadata is trusted only if it was already old then).
+        let mut now = None;
+        let taken = match target {
             Target::File(meta) => {
-                if let Some(last) = &cache.last {
-                    if last.holds(false, std::iter::once((path, &meta))) {
-                        return Ok(last.fingerprint.clone());
-                    }
-                }
-                let known = self.file_digest(&mut cache.files, path, &meta, now)?;
+                let known = self.file_digest(&mut cache.files, path, &meta, &mut now)?;
                 cache.files.retain(|file, _| file == path);
-                let fingerprint = Fingerprint::from_parts([(
-                    path.to_path_buf(),
-                    Fingerprint::from_digest(known.digest),
-                )]);
-                cache.last = Some(Last {
-                    dir: false,
-                    listing: vec![(path.to_path_buf(), known.meta)],
-                    dangling: Vec::new(),
+                Last {
+                    own: known.meta,
+                    seen: None,
                     trusted: known.trusted,
-                    fingerprint: fingerprint.clone(),
-                });
-                Ok(fingerprint)
+                    fingerprint: Fingerprint::from_parts([(
+                        path.to_path_buf(),
+                        Fingerprint::from_digest(known.digest),
+                    )]),
+                }
             }
-            Target::Dir(_) => {
-                // The idle path: one listing and one stat per file, compared
-                // in listing order, with no sort, hash or copy.
+            Target::Dir(meta) => {
+                let listed_at = *now.get_or_insert_with(SystemTime::now);
+                let listing = fs::listing_unsorted(path)?;
+                let seen = fs::Seen::new(&meta, &listing, listed_at, self.window);
+                // The directory moved (a hidden entry, say), its files did not.
+                let held = cache.last.as_mut();
+                if let Some(last) = held.filter(|last| last.stands(&seen, false)) {
+                    return Ok(last.relisted(seen));
+                }
                 let fs::Listing {
                     mut files,
                     mut dangling,
-                } = fs::listing_unsorted(path)?;
-                if let Some(last) = &cache.last {
-                    if last.dangling == dangling
-                        && last.holds(
-                            true,
-                            files.iter().map(|(file, meta)| (file.as_path(), meta)),
-                        )
-                    {
-                        return Ok(last.fingerprint.clone());
-                    }
-                }
-                let listing: Vec<(PathBuf, MetaKey)> = files
-                    .iter()
-                    .map(|(file, meta)| (file.clone(), MetaKey::new(meta)))
-                    .collect();
+                    ..
+                } = listing;
                 fs::sort_by_path(&mut files);
                 let mut parts = Vec::with_capacity(files.len());
                 let mut trusted = true;
                 for (file, meta) in &files {
-                    let found = self.file_digest(&mut cache.files, file, meta, now);
+                    let found = self.file_digest(&mut cache.files, file, meta, &mut now);
                     let Some(known) = fs::vanished_is_none(found)? else {
                         // The listing still has it: the next check starts over.
                         trusted = false;
@@ -296,30 +348,31 @@ impl Combined {
                         })
                         .is_ok()
                 });
-                let listed_dangling = dangling.clone();
                 dangling.sort_unstable_by(|a, b| fs::path_bytes(a).cmp(fs::path_bytes(b)));
-                let fingerprint =
-                    Fingerprint::from_parts(parts.into_iter().chain(self::dangling(dangling)));
-                cache.last = Some(Last {
-                    dir: true,
-                    listing,
-                    dangling: listed_dangling,
+                Last {
+                    own: MetaKey::new(&meta),
+                    seen: Some(seen),
                     trusted,
-                    fingerprint: fingerprint.clone(),
-                });
-                Ok(fingerprint)
+                    fingerprint: Fingerprint::from_parts(
+                        parts.into_iter().chain(self::dangling(dangling)),
+                    ),
+                }
             }
-        }
+        };
+        let fingerprint = taken.fingerprint.clone();
+        cache.last = Some(taken);
+        Ok(fingerprint)
     }
 
     /// The file's digest: the known one while its metadata holds and is
-    /// trusted, else read again.
+    /// trusted, else read again. `now` is read from the clock the first
+    /// time a file is read.
     fn file_digest(
         &self,
         files: &mut HashMap<PathBuf, Known>,
         path: &Path,
         meta: &std::fs::Metadata,
-        now: SystemTime,
+        now: &mut Option<SystemTime>,
     ) -> Result<Known, DetectError> {
         let key = MetaKey::new(meta);
         if let Some(known) = files.get(path) {
@@ -327,6 +380,7 @@ impl Combined {
                 return Ok(*known);
             }
         }
+        let now = *now.get_or_insert_with(SystemTime::now);
         let known = Known {
             meta: key,
             digest: fs::hash_file(path, meta, self.hash.limit)?,
@@ -439,5 +493,67 @@ impl FromStr for Strategy {
             "combined" => Ok(Self::Combined),
             other => Err(ParseStrategyError(other.to_owned())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(path: &Path) -> Combined {
+        Combined::new(path).racy_window(Duration::ZERO)
+    }
+
+    #[test]
+    fn an_unchanged_check_hands_back_the_fingerprint_it_holds() -> Result<(), DetectError> {
+        let dir = tempfile::tempdir().map_err(|e| DetectError::io(Path::new("tmp"), e))?;
+        let file = dir.path().join("tls.crt");
+        let ca = dir.path().join("ca.d");
+        std::fs::create_dir(&ca)
+            .and_then(|()| std::fs::write(&file, "cert"))
+            .and_then(|()| std::fs::write(ca.join("a.pem"), "a"))
+            .map_err(|e| DetectError::io(&ca, e))?;
+        for path in [&file, &ca] {
+            let combined = trusted(path);
+            let metadata = Metadata::new(path);
+            let checks: [&dyn Fn() -> Result<Fingerprint, DetectError>; 2] =
+                [&|| combined.fingerprint_blocking(), &|| {
+                    metadata.fingerprint_blocking()
+                }];
+            for check in checks {
+                let first = check()?;
+                let again = check()?;
+                // Not merely equal: the very fingerprint held, nothing rebuilt.
+                assert!(again.is_same(&first), "{}", path.display());
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_directory_that_becomes_a_file_is_seen_while_its_directory_holds(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca.d");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&ca)?;
+        std::fs::create_dir(&elsewhere)?;
+        std::fs::write(ca.join("a.pem"), "a")?;
+        std::os::unix::fs::symlink(&elsewhere, ca.join("b.pem"))?;
+        let combined = trusted(&ca);
+        let before = combined.fingerprint_blocking()?;
+        assert_eq!(
+            before.paths().count(),
+            1,
+            "a link to a directory is no file"
+        );
+        // ca.d itself does not move: only where its link points.
+        std::fs::remove_dir(&elsewhere)?;
+        std::fs::write(&elsewhere, "b")?;
+        let after = combined.fingerprint_blocking()?;
+        assert_ne!(after, before);
+        assert_eq!(after.changed_paths(&before), [ca.join("b.pem")]);
+        Ok(())
     }
 }
