@@ -1,4 +1,4 @@
-//! Start-up, signals and shutdown: the executor threads, the first load of
+//! Start-up, signals and shutdown: the worker threads, the first load of
 //! the files, the listeners, the report lines on stdout, SIGHUP reloads and
 //! the SIGTERM/SIGINT drain.
 
@@ -14,8 +14,9 @@ use smol::Executor;
 use tls_reload_acceptor::{ReloadEvent, ReloadingAcceptor};
 
 use crate::args::Args;
+use crate::listen;
 use crate::metrics::Counters;
-use crate::proxy::Proxy;
+use crate::proxy::{Drain, Proxy};
 use crate::status::{self, Sources};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info,rustls=error`),
@@ -38,73 +39,147 @@ pub(crate) fn init_logging() {
         .init();
 }
 
-/// Runs the proxy on `args.threads` threads until a signal stops it.
+/// Runs the proxy until a signal stops it: `args.threads` workers, each
+/// with its own executor and listening socket (see [`crate::listen`]),
+/// accepting, handshaking and copying its own connections, so a connection
+/// never moves between threads; and this thread for what all share: the
+/// reloader, the signals, the status page and the drain.
 pub(crate) fn run(args: Args) -> ExitCode {
-    let executor = Arc::new(Executor::new());
-    let (stop_workers, stopped) = smol::channel::bounded::<()>(1);
+    let control = Arc::new(Executor::new());
+    let started = match smol::block_on(control.run(start(&args, &control))) {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    let Started {
+        proxy,
+        listeners,
+        mut signals,
+    } = started;
+    let (stop_accepting, stop) = smol::channel::bounded::<()>(1);
+    let (exit_workers, exit) = smol::channel::bounded::<()>(1);
+    let (slots, drain) = Drain::new();
     thread::scope(|scope| {
-        for n in 1..args.threads {
-            let (executor, stopped) = (executor.clone(), stopped.clone());
+        let mut workers = 0;
+        for (n, listener) in listeners.into_iter().enumerate() {
+            let (proxy, slots) = (proxy.clone(), slots.clone());
+            let (stop, exit) = (stop.clone(), exit.clone());
             let spawned = thread::Builder::new()
                 .name(format!("proxy-{n}"))
-                .spawn_scoped(scope, move || smol::block_on(executor.run(stopped.recv())));
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "cannot start a worker thread; going on with fewer");
+                .spawn_scoped(scope, move || {
+                    let executor = Executor::new();
+                    smol::block_on(executor.run(async {
+                        let stopped = async {
+                            let _ = stop.recv().await;
+                        };
+                        proxy.serve(listener, &executor, slots, stopped).await;
+                        // The open connections go on until the drain ends.
+                        let _ = exit.recv().await;
+                    }));
+                });
+            match spawned {
+                Ok(_) => workers += 1,
+                // Its socket is closed with it: the kernel sends its share
+                // of connections to the others.
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start a worker thread; going on with fewer")
+                }
             }
         }
-        let code = smol::block_on(executor.run(main(args, executor.clone())));
-        drop(stop_workers);
+        drop(slots);
+        let code = if workers == 0 {
+            fail(format_args!("no worker thread could start"))
+        } else {
+            smol::block_on(control.run(async {
+                let signal = next_stop_signal(&mut signals, &proxy.acceptor, &control).await;
+                drop(stop_accepting);
+                drain_after(signal, &args, &proxy, &drain, &mut signals, &control).await
+            }))
+        };
+        drop(exit_workers);
         code
     })
 }
 
-/// Everything, on the executor.
-async fn main(args: Args, executor: Arc<Executor<'static>>) -> ExitCode {
+/// What [`start`] readied.
+struct Started {
+    proxy: Arc<Proxy>,
+    listeners: Vec<Async<TcpListener>>,
+    signals: Signals,
+}
+
+/// Loads the files, binds the sockets, prints the first lines and starts
+/// the reloader and the status page on `control`; the error is the exit
+/// status, its message printed.
+async fn start(args: &Args, control: &Arc<Executor<'static>>) -> Result<Started, ExitCode> {
     let acceptor = match args.acceptor().build().await {
         Ok(acceptor) => acceptor,
-        Err(error) => return fail(format_args!("{error}")),
+        Err(error) => return Err(fail(format_args!("{error}"))),
     };
-    let listener = match Async::<TcpListener>::bind(args.listen) {
-        Ok(listener) => listener,
-        Err(error) => return fail(format_args!("--listen {}: {error}", args.listen)),
+    let listeners = listen::bind(args.listen, args.threads)
+        .and_then(|listeners| listeners.into_iter().map(Async::new).collect());
+    let listeners: Vec<Async<TcpListener>> = match listeners {
+        Ok(listeners) => listeners,
+        Err(error) => return Err(fail(format_args!("--listen {}: {error}", args.listen))),
     };
     let status_listener = match args.status.map(Async::<TcpListener>::bind).transpose() {
         Ok(listener) => listener,
-        Err(error) => return fail(format_args!("--status: {error}")),
+        Err(error) => return Err(fail(format_args!("--status: {error}"))),
     };
     // Before the first line is printed, so that a signal sent as soon as the
     // proxy says it listens is handled rather than fatal.
-    let mut signals = match Signals::new([Signal::Hup, Signal::Term, Signal::Int]) {
+    let signals = match Signals::new([Signal::Hup, Signal::Term, Signal::Int]) {
         Ok(signals) => signals,
-        Err(error) => return fail(format_args!("cannot handle signals: {error}")),
+        Err(error) => return Err(fail(format_args!("cannot handle signals: {error}"))),
     };
-    executor.spawn(acceptor.reloader()).detach();
-    executor.spawn(report_reloads(acceptor.events())).detach();
+    control.spawn(acceptor.reloader()).detach();
+    control.spawn(report_reloads(acceptor.events())).detach();
     let counters = Arc::new(Counters::default());
-    if let Err(error) = announce("listening on", &listener) {
-        return fail(format_args!("--listen: {error}"));
+    if let Err(error) = announce("listening on", &listeners[0]) {
+        return Err(fail(format_args!("--listen: {error}")));
     }
     if let Some(status_listener) = status_listener {
         if let Err(error) = announce("status on", &status_listener) {
-            return fail(format_args!("--status: {error}"));
+            return Err(fail(format_args!("--status: {error}")));
         }
         let sources = Sources {
             acceptor: acceptor.clone(),
             counters: counters.clone(),
         };
-        let serving = status::serve(status_listener, sources, executor.clone());
-        executor.spawn(serving).detach();
+        let serving = status::serve(status_listener, sources, control.clone());
+        control.spawn(serving).detach();
     }
-    tracing::info!(target = %args.target, max_connections = args.max_connections, "proxy started");
-    let proxy = Arc::new(Proxy {
-        acceptor: acceptor.clone(),
-        target: args.target.clone(),
-        connect_timeout: args.connect_timeout,
-        max_connections: args.max_connections,
-        counters: counters.clone(),
-    });
-    let stop = next_stop_signal(&mut signals, &acceptor, &executor);
-    let (signal, drain) = proxy.serve(listener, &executor, stop).await;
+    tracing::info!(
+        target = %args.target,
+        max_connections = args.max_connections,
+        workers = listeners.len(),
+        "proxy started"
+    );
+    let proxy = Arc::new(Proxy::new(
+        acceptor,
+        args.target.clone(),
+        args.connect_timeout,
+        args.max_connections,
+        counters,
+    ));
+    Ok(Started {
+        proxy,
+        listeners,
+        signals,
+    })
+}
+
+/// After `signal` stopped the accepting: waits for the open connections to
+/// finish, for the drain timeout or for a second signal, whichever comes
+/// first.
+async fn drain_after(
+    signal: Option<Signal>,
+    args: &Args,
+    proxy: &Proxy,
+    drain: &Drain,
+    signals: &mut Signals,
+    control: &Executor<'static>,
+) -> ExitCode {
+    let counters = &proxy.counters;
     let open = counters.snapshot().active;
     tracing::info!(
         ?signal,
@@ -122,7 +197,7 @@ async fn main(args: Args, executor: Arc<Executor<'static>>) -> ExitCode {
         tracing::warn!(open, "drain timeout; closing the connections left");
     };
     let again = async {
-        let signal = next_stop_signal(&mut signals, &acceptor, &executor).await;
+        let signal = next_stop_signal(signals, &proxy.acceptor, control).await;
         tracing::warn!(?signal, "second signal; exiting now");
     };
     smol::future::or(drained, smol::future::or(timed_out, again)).await;

@@ -60,7 +60,9 @@ options:
                              when it runs out or the target refuses [default: 5s]
   --drain-timeout DURATION   on SIGTERM or SIGINT, how long open connections may
                              go on before the proxy exits anyway [default: 30s]
-  --threads N                worker threads [default: number of CPUs]
+  --threads N                worker threads, each accepting on its own socket
+                             (SO_REUSEPORT) and serving its connections start
+                             to end [default: number of CPUs]
   -h, --help                 print this help and exit
 
 DURATION is a whole number with a unit: 500ms, 5s, 1m, 1h.
@@ -114,7 +116,7 @@ pub(crate) struct Args {
     pub(crate) connect_timeout: Duration,
     /// How long connections may go on after SIGTERM.
     pub(crate) drain_timeout: Duration,
-    /// How many threads run the executor.
+    /// How many workers accept and serve connections.
     pub(crate) threads: usize,
 }
 

@@ -7,8 +7,9 @@
 //! binary's `main` only calls [`run`], and the one other public item is a
 //! hidden `fuzzing` module. Neither is a stable API.
 //!
-//! The private modules: `args` the command line, `app` start-up, signals
-//! and the drain, `proxy` the accept loop and each connection, `copy` the
+//! The private modules: `args` the command line, `app` start-up, the
+//! workers, signals and the drain, `listen` the workers' sockets, `proxy`
+//! the accept loop and each connection, `copy` the
 //! two-way copy with half-close, `status` the HTTP status page and
 //! `metrics` what it shows.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 mod app;
 mod args;
 mod copy;
+mod listen;
 mod metrics;
 mod proxy;
 mod status;

@@ -43,10 +43,11 @@ impl Counters {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Records the handshake failure count kept by the acceptor's
-    /// `Incoming`, which only ever grows.
-    pub(crate) fn set_handshake_failures(&self, failed: u64) {
-        self.handshake_failures.fetch_max(failed, Ordering::Relaxed);
+    /// `failed` more TLS handshakes failed.
+    pub(crate) fn handshakes_failed(&self, failed: u64) {
+        if failed > 0 {
+            self.handshake_failures.fetch_add(failed, Ordering::Relaxed);
+        }
     }
 
     /// A connection to the target failed.
@@ -235,14 +236,15 @@ mod tests {
         counters.opened();
         counters.closed();
         counters.target_connect_failed();
-        counters.set_handshake_failures(3);
-        counters.set_handshake_failures(2);
+        // Two workers' failures add up.
+        counters.handshakes_failed(3);
+        counters.handshakes_failed(2);
         assert_eq!(
             counters.snapshot(),
             Counts {
                 active: 1,
                 total: 2,
-                handshake_failures: 3,
+                handshake_failures: 5,
                 target_connect_failures: 1,
             }
         );

@@ -1,11 +1,15 @@
 //! The proxy proper: accept TCP under the connection limit, run the TLS
 //! handshakes through the reloading acceptor, connect to the target and copy
-//! both ways.
+//! both ways. Each worker runs [`Proxy::serve`] on its own listening socket
+//! and executor; the [`Proxy`] (acceptor, limit, counters) is shared.
 //!
-//! The connection limit is a semaphore taken **before** `accept`: at the
-//! limit the proxy stops accepting, so new connections wait in the listen
-//! backlog (and connect, as far as the kernel is concerned) until an open
-//! one ends. Nothing is accepted only to be closed at once.
+//! The connection limit, shared by the workers, is a semaphore taken
+//! **before** `accept`: at the limit the proxy stops accepting, so new
+//! connections wait in the listen backlog (and connect, as far as the
+//! kernel is concerned) until an open one ends. Nothing is accepted only to
+//! be closed at once. A worker takes a slot only once its socket has a
+//! connection waiting, so workers waiting for connections hold no slot that
+//! another's waiting connection needs.
 
 use std::fmt;
 use std::future::Future;
@@ -35,29 +39,39 @@ use crate::metrics::Counters;
 /// descriptors), so that it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// What the proxy needs to serve connections.
+/// What the proxy needs to serve connections, shared by the workers.
 #[derive(Debug)]
 pub(crate) struct Proxy {
     /// Runs the handshakes with the newest good config.
     pub(crate) acceptor: ReloadingAcceptor,
     /// Where the plaintext goes.
-    pub(crate) target: Target,
+    target: Target,
     /// The bound on connecting to the target.
-    pub(crate) connect_timeout: Duration,
+    connect_timeout: Duration,
     /// The most client connections open at once.
-    pub(crate) max_connections: usize,
+    max_connections: usize,
+    /// Slots of the connection limit, for all workers.
+    limit: Arc<Semaphore>,
+    /// Says when the limit is reached, one line per window then a count.
+    at_limit: Arc<Mutex<LogLimit>>,
     /// Shared with the status page.
     pub(crate) counters: Arc<Counters>,
 }
 
-/// Open connections left when the accept loop stopped; see
-/// [`Drain::wait`].
+/// The connections open, across the workers; see [`Drain::wait`].
 #[derive(Debug)]
 pub(crate) struct Drain {
     open: Receiver<()>,
 }
 
 impl Drain {
+    /// A drain, and the sender that each worker's [`Proxy::serve`] takes a
+    /// clone of (dropped when the accepting stops).
+    pub(crate) fn new() -> (Sender<()>, Self) {
+        let (slots, open) = smol::channel::bounded(1);
+        (slots, Self { open })
+    }
+
     /// Waits until every connection accepted so far has closed.
     pub(crate) async fn wait(&self) {
         // Nothing is ever sent: `recv` fails once every slot's sender is gone.
@@ -66,16 +80,37 @@ impl Drain {
 }
 
 impl Proxy {
-    /// Accepts and proxies connections until `stop` completes, then closes
-    /// the listener (new connections are refused) and returns what `stop`
-    /// returned, with a [`Drain`] for the connections still open.
-    pub(crate) async fn serve<T>(
+    /// A proxy to `target` allowing `max_connections` clients at once.
+    pub(crate) fn new(
+        acceptor: ReloadingAcceptor,
+        target: Target,
+        connect_timeout: Duration,
+        max_connections: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            acceptor,
+            target,
+            connect_timeout,
+            max_connections,
+            limit: Arc::new(Semaphore::new(max_connections)),
+            // Clients can hit the limit at will.
+            at_limit: Arc::new(Mutex::new(LogLimit::new(1, DEFAULT_LOG_WINDOW))),
+            counters,
+        }
+    }
+
+    /// Accepts connections on `listener` and proxies them on `executor`
+    /// until `stop` completes, then closes the listener (its queued
+    /// connections are refused). Each connection holds a clone of `slots`
+    /// (see [`Drain`]) until it ends.
+    pub(crate) async fn serve(
         self: Arc<Self>,
         listener: Async<TcpListener>,
         executor: &Executor<'static>,
-        stop: impl Future<Output = T>,
-    ) -> (T, Drain) {
-        let (slots, open) = smol::channel::bounded(1);
+        slots: Sender<()>,
+        stop: impl Future<Output = ()>,
+    ) {
         let connections = self.clone().connections(listener, slots);
         let max_handshakes = self.max_connections.min(DEFAULT_MAX_HANDSHAKES);
         let mut incoming = self
@@ -84,9 +119,13 @@ impl Proxy {
             .max_handshakes(max_handshakes)
             .peer_addr_with(|tcp| Some(tcp.peer));
         let counters = self.counters.clone();
+        let mut failed = 0;
         let mut clients = stream::poll_fn(move |cx| {
             let next = incoming.poll_next_unpin(cx);
-            counters.set_handshake_failures(incoming.failed_handshakes());
+            // This worker's count; the counters sum the workers'.
+            let now = incoming.failed_handshakes();
+            counters.handshakes_failed(now - failed);
+            failed = now;
             next
         });
         let accept_loop = async {
@@ -101,57 +140,65 @@ impl Proxy {
             }
         };
         futures::pin_mut!(accept_loop, stop);
-        let stopped = match future::select(accept_loop, stop).await {
-            Either::Right((stopped, _)) => stopped,
+        if let Either::Left(((), stop)) = future::select(accept_loop, stop).await {
             // The listener's stream of connections never ends.
-            Either::Left(((), stop)) => stop.await,
-        };
-        (stopped, Drain { open })
+            stop.await;
+        }
     }
 
     /// The listener's connections, each holding a slot of the connection
-    /// limit, taken before `accept`.
+    /// limit, taken once a connection waits and before `accept`.
     fn connections(
         self: Arc<Self>,
         listener: Async<TcpListener>,
         slots: Sender<()>,
     ) -> Pin<Box<dyn Stream<Item = io::Result<Tcp>> + Send>> {
-        let limit = Arc::new(Semaphore::new(self.max_connections));
-        // Clients can hit the limit at will: one line per window, then a count.
-        let at_limit = Arc::new(Mutex::new(LogLimit::new(1, DEFAULT_LOG_WINDOW)));
         Box::pin(stream::unfold(listener, move |listener| {
-            let (limit, proxy, slots) = (limit.clone(), self.clone(), slots.clone());
-            let at_limit = at_limit.clone();
+            let (proxy, slots) = (self.clone(), slots.clone());
             async move {
-                let permit = match limit.try_acquire_arc() {
-                    Some(permit) => permit,
-                    None => {
-                        proxy.warn_at_limit(&at_limit);
-                        limit.acquire_arc().await
-                    }
-                };
-                let accepted = listener.accept().await.map(|(io, peer)| {
-                    nodelay(&io);
-                    proxy.counters.opened();
-                    Tcp {
-                        io,
-                        peer,
-                        slot: Some(Slot {
-                            _permit: permit,
-                            _open: slots,
-                            counters: proxy.counters.clone(),
-                        }),
-                    }
-                });
+                let accepted = proxy.accept(&listener, slots).await;
                 Some((accepted, listener))
             }
         }))
     }
 
-    /// Says that the connection limit is reached, within `log`'s budget.
-    fn warn_at_limit(&self, log: &Mutex<LogLimit>) {
+    /// The next connection on `listener`, once a slot is free.
+    async fn accept(&self, listener: &Async<TcpListener>, slots: Sender<()>) -> io::Result<Tcp> {
+        loop {
+            listener.readable().await?;
+            let permit = match self.limit.try_acquire_arc() {
+                Some(permit) => permit,
+                None => {
+                    self.warn_at_limit();
+                    self.limit.acquire_arc().await
+                }
+            };
+            let (io, peer) = match listener.get_ref().accept() {
+                Ok(accepted) => accepted,
+                // Woken for nothing, or the connection went: wait again,
+                // giving the slot back.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Err(error),
+            };
+            let io = Async::new(io)?;
+            nodelay(&io);
+            self.counters.opened();
+            return Ok(Tcp {
+                io,
+                peer,
+                slot: Some(Slot {
+                    _permit: permit,
+                    _open: slots,
+                    counters: self.counters.clone(),
+                }),
+            });
+        }
+    }
+
+    /// Says that the connection limit is reached, within the log's budget.
+    fn warn_at_limit(&self) {
         let now = Instant::now();
-        let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut log = self.at_limit.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(held) = log.roll_over(now) {
             tracing::warn!(
                 times = held.count,
