@@ -80,6 +80,7 @@ mod expiry;
 mod incoming;
 mod log_limit;
 mod server;
+mod sni;
 mod source;
 mod status;
 
@@ -91,12 +92,14 @@ pub use error::ReloadError;
 pub use expiry::{CertKind, ExpiryWindow};
 pub use incoming::{Incoming, DEFAULT_MAX_HANDSHAKES};
 pub use log_limit::{Admission, LogLimit, Suppressed, DEFAULT_LOG_BUDGET, DEFAULT_LOG_WINDOW};
+pub use sni::{SniBatch, SniResolver};
 pub use status::{Events, ReloadEvent, SkipReason, Status};
 
 pub use futures_rustls::server::TlsStream;
 pub use rustls;
 pub use tls_reload_build::{
-    BuildError, Built, CaInfo, ClientAuth, CrlInfo, LeafInfo, Materials, Resumption, Template,
+    build_pair, build_pair_blocking, pairs_in_dir, BuildError, Built, BuiltPair, CaInfo,
+    ClientAuth, CrlInfo, LeafInfo, Materials, PairFiles, Resumption, Template,
 };
 /// A detector driven by hand, for tests (feature `test-util`).
 #[cfg(feature = "test-util")]

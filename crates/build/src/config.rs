@@ -14,7 +14,7 @@ use rustls::pki_types::PrivateKeyDer;
 use crate::crl::{self, CaInfo, CrlInfo, Signer};
 use crate::error::CertProblem;
 use crate::files::{self, CertSection, PemFile};
-use crate::leaf::{parse_x509, Rfc3339};
+use crate::leaf::{dns_names, parse_x509, Rfc3339};
 use crate::pem::Label;
 use crate::template::builtin;
 use crate::{BuildError, ClientAuth, LeafInfo, MaterialBytes, Materials, Template};
@@ -138,38 +138,14 @@ pub fn build_from_bytes(
     previous: Option<&Built>,
 ) -> Result<Built, BuildError> {
     let provider = &template.provider;
-    let cert_path = bytes.cert.path.as_path();
-    let key_path = bytes.key.path.as_path();
-
-    let mut cert_file = PemFile::parse(cert_path, &bytes.cert.bytes)?;
-    let chain = cert_file.certificates();
-    if chain.is_empty() {
-        return Err(BuildError::NoCertificate {
-            path: cert_path.to_owned(),
-            found: cert_file.labels(),
-        });
-    }
-    let leaf = check_chain(cert_path, &chain)?;
-
-    let key_file = PemFile::parse(key_path, &bytes.key.bytes)?;
-    let key_der = key_file.into_private_key(bytes.passphrase())?;
-    let label = match &key_der {
-        PrivateKeyDer::Pkcs1(_) => Label::RsaPrivateKey,
-        PrivateKeyDer::Sec1(_) => Label::EcPrivateKey,
-        _ => Label::PrivateKey,
-    };
-    let key = provider
-        .key_provider
-        .load_private_key(key_der)
-        .map_err(|_| BuildError::BadPrivateKey {
-            path: key_path.to_owned(),
-            label,
-        })?;
-    let certified = CertifiedKey::new(chain.into_iter().map(|cert| cert.der).collect(), key);
-    check_key_matches(&certified, cert_path, key_path)?;
-    if template.check_validity {
-        leaf.check_validity(cert_path, SystemTime::now())?;
-    }
+    let Identity {
+        certified, leaf, ..
+    } = identity(
+        (&bytes.cert.path, &bytes.cert.bytes),
+        Some((&bytes.key.path, &bytes.key.bytes)),
+        bytes.passphrase(),
+        template,
+    )?;
 
     let trust = Trust::load(bytes, template, previous)?;
 
@@ -226,10 +202,72 @@ pub fn build_from_bytes(
     })
 }
 
+/// A certificate chain and its key, checked against each other and the
+/// clock: what a server presents.
+pub(crate) struct Identity {
+    pub(crate) certified: CertifiedKey,
+    pub(crate) leaf: LeafInfo,
+    /// The leaf's DNS names (subject alternative names), normalised.
+    pub(crate) names: Vec<String>,
+}
+
+/// Parses the chain of the certificate file and the private key of the key
+/// file (of the certificate file itself, after its certificates, when
+/// `None`: one PEM file holding both), each given as its name and bytes,
+/// and checks that the key is the leaf's and, by the template's policy,
+/// that the leaf is within its validity period.
+pub(crate) fn identity(
+    (cert_path, cert_bytes): (&Path, &[u8]),
+    key: Option<(&Path, &[u8])>,
+    passphrase: Option<(&[u8], &Path)>,
+    template: &Template,
+) -> Result<Identity, BuildError> {
+    let mut cert_file = PemFile::parse(cert_path, cert_bytes)?;
+    let chain = cert_file.certificates();
+    if chain.is_empty() {
+        return Err(BuildError::NoCertificate {
+            path: cert_path.to_owned(),
+            found: cert_file.labels(),
+        });
+    }
+    let (leaf, names) = check_chain(cert_path, &chain)?;
+
+    let key_file = match key {
+        Some((path, bytes)) => PemFile::parse(path, bytes)?,
+        None => cert_file,
+    };
+    let key_path = key_file.path;
+    let key_der = key_file.into_private_key(passphrase)?;
+    let label = match &key_der {
+        PrivateKeyDer::Pkcs1(_) => Label::RsaPrivateKey,
+        PrivateKeyDer::Sec1(_) => Label::EcPrivateKey,
+        _ => Label::PrivateKey,
+    };
+    let key = template
+        .provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|_| BuildError::BadPrivateKey {
+            path: key_path.to_owned(),
+            label,
+        })?;
+    let certified = CertifiedKey::new(chain.into_iter().map(|cert| cert.der).collect(), key);
+    check_key_matches(&certified, cert_path, key_path)?;
+    if template.check_validity {
+        leaf.check_validity(cert_path, SystemTime::now())?;
+    }
+    Ok(Identity {
+        certified,
+        leaf,
+        names,
+    })
+}
+
 /// Parses every certificate of the chain (a broken intermediate fails
 /// every handshake, so it is refused like a broken leaf), warns when one is
-/// not named as the issuer of the one before it, and describes the leaf.
-fn check_chain(path: &Path, chain: &[CertSection]) -> Result<LeafInfo, BuildError> {
+/// not named as the issuer of the one before it, and describes the leaf:
+/// its summary and its DNS names.
+fn check_chain(path: &Path, chain: &[CertSection]) -> Result<(LeafInfo, Vec<String>), BuildError> {
     let count = chain.len();
     let mut parsed = Vec::with_capacity(count);
     for (i, cert) in chain.iter().enumerate() {
@@ -254,7 +292,10 @@ fn check_chain(path: &Path, chain: &[CertSection]) -> Result<LeafInfo, BuildErro
             );
         }
     }
-    Ok(LeafInfo::from_x509(&parsed[0], &chain[0].der))
+    Ok((
+        LeafInfo::from_x509(&parsed[0], &chain[0].der),
+        dns_names(&parsed[0]),
+    ))
 }
 
 /// Builds a server config from the files on the [`blocking`] thread pool, so

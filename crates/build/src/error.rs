@@ -185,6 +185,19 @@ pub enum BuildError {
         cert: PathBuf,
     },
 
+    /// A named pair's leaf certificate names no DNS name in its subject
+    /// alternative names, so no server name selects it (the common name
+    /// is not used).
+    #[error(
+        "{}: the certificate has no DNS name in its subject alternative names: \
+         a named pair is served for those names only",
+        .path.display()
+    )]
+    NoDnsName {
+        /// The certificate file.
+        path: PathBuf,
+    },
+
     /// The leaf certificate's not-after date has passed.
     #[error(
         "{}: certificate expired at {} (now {})",
@@ -344,6 +357,7 @@ impl BuildError {
             | Self::NotYetValid { path, .. }
             | Self::NoUsableCa { path, .. }
             | Self::EmptyCaDir { path }
+            | Self::NoDnsName { path }
             | Self::ClientVerifier { path, .. } => Some(path),
             Self::KeyMismatch { key, .. } => Some(key),
             Self::Config { .. } | Self::Ticketer { .. } | Self::NoProvider => None,

@@ -150,7 +150,7 @@ pub(crate) fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
 }
 
 /// The same fault worded the same whether the detector or the build met it.
-fn from_detect(error: DetectError) -> BuildError {
+pub(crate) fn from_detect(error: DetectError) -> BuildError {
     match error {
         DetectError::NotFound { path } => BuildError::Read {
             path,

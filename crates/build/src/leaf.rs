@@ -121,6 +121,40 @@ pub(crate) fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CertProblem>
     Ok(cert)
 }
 
+/// The DNS names of a certificate's subject alternative names, as a
+/// server name is compared with them: lowercase, without a trailing dot,
+/// each once, in certificate order. The common name is not used (RFC 6125;
+/// browsers dropped it). IP addresses and other kinds of name are left out:
+/// SNI carries DNS names only. A name holding anything but letters,
+/// digits, `-`, `_`, `.` and `*` is left out too: no client asks for it,
+/// and it is not echoed into logs and status pages.
+pub(crate) fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut names: Vec<String> = Vec::new();
+    for name in &san.value.general_names {
+        let GeneralName::DNSName(dns) = name else {
+            continue;
+        };
+        let name = normalize_dns_name(dns);
+        let plain = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*'));
+        if plain && !name.is_empty() && seen.insert(name.clone()) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// A DNS name as names are compared: ASCII lowercase, a trailing dot dropped.
+pub(crate) fn normalize_dns_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
 impl fmt::Debug for LeafInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeafInfo")

@@ -103,6 +103,7 @@ mod error;
 mod files;
 mod leaf;
 mod materials;
+mod pair;
 mod pem;
 mod template;
 
@@ -111,6 +112,7 @@ pub use crl::{CaInfo, CrlInfo};
 pub use error::{BuildError, CertProblem, CrlProblem, KeyEncryptionProblem};
 pub use leaf::LeafInfo;
 pub use materials::{MaterialBytes, Materials};
+pub use pair::{build_pair, build_pair_blocking, pairs_in_dir, BuiltPair, PairFiles};
 pub use pem::{Label, PemProblem};
 pub use template::{ClientAuth, Template};
 

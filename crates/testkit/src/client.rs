@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use async_io::Async;
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::pki::{Ca, Leaf};
@@ -48,6 +50,97 @@ pub fn resuming_client_config(root: &Ca, client: Option<&Leaf>) -> Arc<ClientCon
             .expect("client cert"),
         None => builder.with_no_client_auth(),
     })
+}
+
+/// A client config trusting `root`, without resumption, whose handshakes
+/// offer only `schemes` as the signature schemes it verifies, when given
+/// (an RSA-only or an ECDSA-only client, say).
+pub fn sni_client_config(root: &Ca, schemes: Option<&[SignatureScheme]>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.der()).expect("root");
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .expect("verifier");
+    let verifier = OnlySchemes {
+        schemes: schemes.map_or_else(|| webpki.supported_verify_schemes(), <[_]>::to_vec),
+        inner: webpki,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// The webpki verifier, offering fewer signature schemes.
+#[derive(Debug)]
+struct OnlySchemes {
+    inner: Arc<WebPkiServerVerifier>,
+    schemes: Vec<SignatureScheme>,
+}
+
+impl ServerCertVerifier for OnlySchemes {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// Connects to `addr` and completes a TLS handshake verifying the server
+/// as `name`, sending `name` as SNI when `sni` is true and no SNI
+/// otherwise, within [`DEADLINE`].
+pub async fn tls_connect_to(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    name: &str,
+    sni: bool,
+) -> io::Result<ClientStream> {
+    let mut config = config.clone();
+    if !sni {
+        Arc::make_mut(&mut config).enable_sni = false;
+    }
+    let name = ServerName::try_from(name.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    timeout(DEADLINE, async {
+        let tcp = Async::<TcpStream>::connect(addr).await?;
+        tcp.get_ref().set_nodelay(true)?;
+        futures_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    })
+    .await
 }
 
 /// Connects to `addr` and completes a TLS handshake for `localhost`, with

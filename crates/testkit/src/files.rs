@@ -38,6 +38,16 @@ pub fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Writes a leaf and its key in one file, `dir/STEM.pem` (chain, then
+/// key); returns its path.
+pub fn write_combined(dir: &Path, stem: &str, leaf: &Leaf) -> PathBuf {
+    write_new(
+        dir,
+        &format!("{stem}.pem"),
+        leaf.cert_pem() + &leaf.key_pem(),
+    )
+}
+
 /// Writes a leaf as `dir/tls.crt` and `dir/tls.key`, returning the materials.
 pub fn write_pair(dir: &Path, leaf: &Leaf) -> Materials {
     let (cert, key) = write_leaf(dir, "tls", leaf);

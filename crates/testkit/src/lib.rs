@@ -21,16 +21,17 @@ mod wait;
 
 pub use client::{
     client_config, connect, der_serial_hex, echo_round_trip, fetch_serial, provider,
-    resuming_client_config, served_leaf, served_serial, tls_connect, ClientStream,
+    resuming_client_config, served_leaf, served_serial, sni_client_config, tls_connect,
+    tls_connect_to, ClientStream,
 };
 pub use files::{
-    openssl, openssl_self_signed, symlink, write_atomic, write_ca_dir, write_in_place, write_leaf,
-    write_new, write_pair, SecretVolume,
+    openssl, openssl_self_signed, symlink, write_atomic, write_ca_dir, write_combined,
+    write_in_place, write_leaf, write_new, write_pair, SecretVolume,
 };
 pub use io::Silent;
 pub use leaks::{assert_no_pem_bytes, byte_list, pem_body_windows, LEAK_WINDOW};
 pub use logs::{init_tracing, Captured};
-pub use pki::{ca_params, ca_pem, key_copy, leaf_params, new_key, Ca, Leaf};
+pub use pki::{ca_params, ca_pem, key_copy, leaf_params, new_key, rsa_key, Ca, Leaf};
 pub use process::{run_within, Process};
 pub use runtime::{listen, spawn, AsyncStd, BoxIo, Connections, Io, Runtime, Smol};
 pub use wait::{timeout, wait_until, wait_until_blocking, DEADLINE};

@@ -63,6 +63,23 @@ pub fn new_key() -> KeyPair {
     KeyPair::generate().expect("key")
 }
 
+/// A fresh RSA 2048 key, made by openssl (*ring* makes no RSA keys).
+pub fn rsa_key() -> KeyPair {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl genpkey failed");
+    let pem = String::from_utf8(out.stdout).expect("PEM");
+    KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("RSA key")
+}
+
 /// A copy of `key` (rcgen keys are not `Clone`).
 pub fn key_copy(key: &KeyPair) -> KeyPair {
     KeyPair::from_pem(&key.serialize_pem()).expect("key copy")
@@ -137,6 +154,19 @@ impl Ca {
     /// with a fresh key.
     pub fn localhost_leaf(&self) -> Leaf {
         self.sign(leaf_params(), new_key())
+    }
+
+    /// A leaf for these DNS names (subject alternative names; CN
+    /// `NAME0 SERIAL`) with this serial, for `key`.
+    pub fn named_leaf(&self, serial: u16, names: &[&str], key: KeyPair) -> Leaf {
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("params");
+        let first = names.first().map_or("no name", String::as_str);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{first} {serial:04x}"));
+        params.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
+        self.sign(params, key)
     }
 
     /// Signs `params` for `key`.
