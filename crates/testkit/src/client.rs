@@ -10,7 +10,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::ServerConnection;
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::pki::{Ca, Leaf};
@@ -211,4 +215,28 @@ pub async fn fetch_serial(addr: SocketAddr, config: &Arc<ClientConfig>) -> io::R
     let mut stream = connect(addr, config).await?;
     echo_round_trip(&mut stream, b"ping").await?;
     Ok(served_serial(&stream))
+}
+
+/// One full handshake between a client asking for `name` and a server,
+/// over memory (no socket, no executor): what benchmarks count.
+#[inline(never)]
+pub fn handshake_in_memory(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>, name: &str) {
+    let name = ServerName::try_from(name.to_owned()).expect("name");
+    let mut client = ClientConnection::new(client.clone(), name).expect("client");
+    let mut server = ServerConnection::new(server.clone()).expect("server");
+    let mut buf = Vec::with_capacity(8192);
+    while client.is_handshaking() || server.is_handshaking() {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).expect("client write");
+        }
+        server.read_tls(&mut &buf[..]).expect("server read");
+        server.process_new_packets().expect("server handshake");
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).expect("server write");
+        }
+        client.read_tls(&mut &buf[..]).expect("client read");
+        client.process_new_packets().expect("client handshake");
+    }
 }

@@ -20,8 +20,8 @@ mod runtime;
 mod wait;
 
 pub use client::{
-    client_config, connect, der_serial_hex, echo_round_trip, fetch_serial, provider,
-    resuming_client_config, served_leaf, served_serial, sni_client_config, tls_connect,
+    client_config, connect, der_serial_hex, echo_round_trip, fetch_serial, handshake_in_memory,
+    provider, resuming_client_config, served_leaf, served_serial, sni_client_config, tls_connect,
     tls_connect_to, ClientStream,
 };
 pub use files::{
