@@ -154,13 +154,7 @@ async fn start(args: &Args, control: &Arc<Executor<'static>>) -> Result<Started,
         workers = listeners.len(),
         "proxy started"
     );
-    let proxy = Arc::new(Proxy::new(
-        acceptor,
-        args.target.clone(),
-        args.connect_timeout,
-        args.max_connections,
-        counters,
-    ));
+    let proxy = Arc::new(Proxy::new(acceptor, args, counters));
     Ok(Started {
         proxy,
         listeners,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tls_reload_acceptor::{Builder, ReloadingAcceptor};
 
+use crate::access::Allow;
+
 /// One line on how to call the proxy, printed after an argument error.
 pub(crate) const USAGE: &str = "\
 usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
@@ -14,6 +16,8 @@ usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
                         [--crl FILE]... [--interval DURATION]
                         [--events on|off] [--status ADDR] [--max-connections N] [--handshake-timeout DURATION]
                         [--connect-timeout DURATION] [--drain-timeout DURATION] [--threads N]
+                        [--allow-cn NAME]... [--allow-dns NAME]... [--allow-uri URI]...
+                        [--idle-timeout DURATION]
        tls-reload-proxy --help";
 
 /// What `--help` prints.
@@ -60,6 +64,19 @@ options:
                              when it runs out or the target refuses [default: 5s]
   --drain-timeout DURATION   on SIGTERM or SIGINT, how long open connections may
                              go on before the proxy exits anyway [default: 30s]
+  --allow-cn NAME            with client certificates (--client-ca or --client-ca-dir),
+                             let in only clients whose certificate's subject CN is
+                             NAME, or that an --allow-dns or --allow-uri lets in;
+                             repeatable. Others are closed after the handshake,
+                             logged with their subject and counted in /metrics
+  --allow-dns NAME           let in clients with this DNS name among their
+                             certificate's subject alternative names (case ignored);
+                             repeatable
+  --allow-uri URI            let in clients with this URI among their certificate's
+                             subject alternative names, such as a SPIFFE ID
+                             spiffe://example.org/web (compared whole); repeatable
+  --idle-timeout DURATION    close a connection once both directions have been silent
+                             this long [default: never]
   --threads N                worker threads, each accepting on its own socket
                              (SO_REUSEPORT) and serving its connections start
                              to end [default: number of CPUs]
@@ -118,6 +135,10 @@ pub(crate) struct Args {
     pub(crate) drain_timeout: Duration,
     /// How many workers accept and serve connections.
     pub(crate) threads: usize,
+    /// The client identities allowed in (all, when empty).
+    pub(crate) allow: Allow,
+    /// How long a connection may stay silent both ways, if bounded.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// What the command line asks for.
@@ -184,12 +205,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.into())),
             _ => (arg, None),
         };
-        if flag == "--crl" {
-            // The one flag that may be given more than once.
+        if let Some(list) = raw.list(&flag) {
+            // The flags that may be given more than once.
             let value = inline
                 .or_else(|| args.next())
                 .ok_or_else(|| format!("{flag} needs a value"))?;
-            raw.crls.push(value);
+            list.push(value);
             continue;
         }
         let slot = raw
@@ -259,9 +280,24 @@ struct Raw {
     connect_timeout: Option<String>,
     drain_timeout: Option<String>,
     threads: Option<String>,
+    allow_cn: Vec<String>,
+    allow_dns: Vec<String>,
+    allow_uri: Vec<String>,
+    idle_timeout: Option<String>,
 }
 
 impl Raw {
+    /// The list of a repeatable flag.
+    fn list(&mut self, flag: &str) -> Option<&mut Vec<String>> {
+        Some(match flag {
+            "--crl" => &mut self.crls,
+            "--allow-cn" => &mut self.allow_cn,
+            "--allow-dns" => &mut self.allow_dns,
+            "--allow-uri" => &mut self.allow_uri,
+            _ => return None,
+        })
+    }
+
     fn slot(&mut self, flag: &str) -> Option<&mut Option<String>> {
         Some(match flag {
             "--listen" => &mut self.listen,
@@ -279,6 +315,7 @@ impl Raw {
             "--connect-timeout" => &mut self.connect_timeout,
             "--drain-timeout" => &mut self.drain_timeout,
             "--threads" => &mut self.threads,
+            "--idle-timeout" => &mut self.idle_timeout,
             _ => return None,
         })
     }
@@ -295,6 +332,20 @@ impl Raw {
         let key = required(self.key, "--key")?;
         if self.crls.iter().any(String::is_empty) {
             return Err("--crl needs a file".into());
+        }
+        for (flag, list) in [
+            ("--allow-cn", &self.allow_cn),
+            ("--allow-dns", &self.allow_dns),
+            ("--allow-uri", &self.allow_uri),
+        ] {
+            if list.iter().any(String::is_empty) {
+                return Err(format!("{flag} needs a name"));
+            }
+            if !list.is_empty() && self.client_ca.is_none() && self.client_ca_dir.is_none() {
+                return Err(format!(
+                    "{flag} checks client certificates: give --client-ca or --client-ca-dir too"
+                ));
+            }
         }
         Ok(Args {
             listen: socket_addr("--listen", &listen)?,
@@ -331,6 +382,15 @@ impl Raw {
                 None => Duration::from_secs(30),
             },
             threads: count("--threads", self.threads, default_threads())?,
+            allow: Allow {
+                cns: self.allow_cn,
+                dns: self.allow_dns,
+                uris: self.allow_uri,
+            },
+            idle_timeout: self
+                .idle_timeout
+                .map(|text| positive("--idle-timeout", Some(text), Duration::ZERO))
+                .transpose()?,
         })
     }
 }
@@ -469,6 +529,27 @@ mod tests {
     }
 
     #[test]
+    fn allow_lists_are_repeatable_and_need_client_cas() {
+        let args = run(&format!(
+            "{BASE} --client-ca ca.pem --allow-cn web --allow-cn=api --allow-dns db.example.org \
+             --allow-uri spiffe://example.org/web --idle-timeout 5m"
+        ));
+        assert_eq!(args.allow.cns, ["web", "api"]);
+        assert_eq!(args.allow.dns, ["db.example.org"]);
+        assert_eq!(args.allow.uris, ["spiffe://example.org/web"]);
+        assert_eq!(args.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(run(BASE).idle_timeout, None);
+        assert!(!run(BASE).allow.is_restricted());
+        let error = args_err(&format!("{BASE} --allow-cn web"));
+        assert!(
+            error.contains("--allow-cn") && error.contains("--client-ca"),
+            "{error}"
+        );
+        assert!(args_err(&format!("{BASE} --client-ca c --allow-uri=")).contains("needs a name"));
+        assert!(args_err(&format!("{BASE} --idle-timeout 0s")).contains("more than zero"));
+    }
+
+    #[test]
     fn a_target_host_is_kept_for_resolving_later() {
         let args = run("--listen 127.0.0.1:0 --target localhost:6379 --cert c --key k");
         assert_eq!(args.target, Target::Host("localhost:6379".into()));
@@ -494,6 +575,10 @@ mod tests {
             "--connect-timeout",
             "--drain-timeout",
             "--threads",
+            "--allow-cn",
+            "--allow-dns",
+            "--allow-uri",
+            "--idle-timeout",
         ] {
             assert!(HELP.contains(flag), "--help does not explain {flag}");
         }

@@ -17,11 +17,13 @@
 //! buffer, and backpressure reaches the sender.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
+use async_io::Timer;
 use futures::io::{AsyncRead, AsyncWrite};
 
 /// The buffer of one read: big enough to fill several TLS records (16 KiB
@@ -74,26 +76,75 @@ pub(crate) struct Copied {
 /// it is how a TLS stream reports a peer that closed TCP without
 /// `close_notify`, which many clients do, and the far side learns of it as
 /// a half-close anyway.
-pub(crate) async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<Copied>
+///
+/// With `idle_timeout`, an error of kind [`io::ErrorKind::TimedOut`] once no
+/// byte was read or written either way for that long.
+pub(crate) async fn copy_bidirectional<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle_timeout: Option<Duration>,
+) -> io::Result<Copied>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut forward = Pipe::default();
     let mut backward = Pipe::default();
+    let mut idle = idle_timeout.map(Idle::new);
     poll_fn(|cx| {
+        let moved = forward.moved() + backward.moved();
         let forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
         let backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
         if forward_done && backward_done {
-            Poll::Ready(Ok(Copied {
+            return Poll::Ready(Ok(Copied {
                 forward: forward.copied,
                 backward: backward.copied,
-            }))
-        } else {
-            Poll::Pending
+            }));
         }
+        if let Some(idle) = &mut idle {
+            if forward.moved() + backward.moved() != moved {
+                idle.last = Instant::now();
+            }
+            idle.poll_expired(cx)?;
+        }
+        Poll::Pending
     })
     .await
+}
+
+/// The idle timeout's clock: a timer that is not moved at every byte, only
+/// pushed back when it fires after bytes moved.
+struct Idle {
+    after: Duration,
+    /// When bytes last moved, as far as the copy has looked.
+    last: Instant,
+    timer: Timer,
+}
+
+impl Idle {
+    fn new(after: Duration) -> Self {
+        Self {
+            after,
+            last: Instant::now(),
+            timer: Timer::after(after),
+        }
+    }
+
+    /// An error once `after` passed since `last`; otherwise the timer is
+    /// set (again) for that moment.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while Pin::new(&mut self.timer).poll(cx).is_ready() {
+            let deadline = self.last + self.after;
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no data either way for {:?}", self.after),
+                ));
+            }
+            self.timer.set_at(deadline);
+        }
+        Ok(())
+    }
 }
 
 /// One direction: the bytes in flight, if any, and where it stands.
@@ -106,6 +157,9 @@ struct Pipe {
     read_done: bool,
     needs_flush: bool,
     closed: bool,
+    /// Bytes read so far.
+    read: u64,
+    /// Bytes written so far.
     copied: u64,
 }
 
@@ -118,6 +172,11 @@ impl Drop for Pipe {
 }
 
 impl Pipe {
+    /// Bytes read and written so far: it changes when the direction moves.
+    fn moved(&self) -> u64 {
+        self.read + self.copied
+    }
+
     /// Moves bytes from `reader` to `writer`; ready once the reader ended,
     /// everything was written and the writer was closed.
     fn poll_copy<R, W>(
@@ -140,6 +199,7 @@ impl Pipe {
                 match read {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         (self.start, self.end) = (0, n);
+                        self.read += n as u64;
                         self.buf = Some(buf);
                     }
                     Poll::Ready(Ok(_)) => {
@@ -288,7 +348,7 @@ mod tests {
         let mut a = Mock::sending(&[b"hello ", b"world"], eof());
         let mut b = Mock::sending(&[b"reply"], eof());
         a.stutter = true;
-        let copied = smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap();
+        let copied = smol::block_on(copy_bidirectional(&mut a, &mut b, None)).unwrap();
         assert_eq!(b.written, b"hello world");
         assert_eq!(a.written, b"reply");
         assert!(a.closed && b.closed);
@@ -308,7 +368,7 @@ mod tests {
             max_write: 100,
             ..Mock::default()
         };
-        let mut copy = Box::pin(copy_bidirectional(&mut a, &mut b));
+        let mut copy = Box::pin(copy_bidirectional(&mut a, &mut b, None));
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(copy.as_mut().poll(&mut cx).is_pending());
@@ -320,7 +380,7 @@ mod tests {
         // Once b sends its reply and ends, a gets it all and is closed.
         b.reads.extend([Ok(b"long reply".to_vec()), eof()]);
         a.reads.push_back(eof());
-        smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap();
+        smol::block_on(copy_bidirectional(&mut a, &mut b, None)).unwrap();
         assert_eq!(a.written, b"long reply");
         assert!(a.closed);
     }
@@ -333,7 +393,7 @@ mod tests {
             max_write: 100,
             ..Mock::default()
         };
-        let mut copy = Box::pin(copy_bidirectional(&mut a, &mut b));
+        let mut copy = Box::pin(copy_bidirectional(&mut a, &mut b, None));
         let waker = futures::task::noop_waker();
         assert!(copy
             .as_mut()
@@ -349,14 +409,14 @@ mod tests {
         let truncated = io::Error::new(io::ErrorKind::UnexpectedEof, "no close_notify");
         let mut a = Mock::sending(&[b"data"], Err(truncated));
         let mut b = Mock::sending(&[], eof());
-        smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap();
+        smol::block_on(copy_bidirectional(&mut a, &mut b, None)).unwrap();
         assert_eq!(b.written, b"data");
         assert!(b.closed);
 
         let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
         let mut a = Mock::sending(&[], Err(reset));
         let mut b = Mock::sending(&[], eof());
-        let error = smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap_err();
+        let error = smol::block_on(copy_bidirectional(&mut a, &mut b, None)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
     }
 
@@ -365,7 +425,7 @@ mod tests {
         let mut a = Mock::sending(&[b"data"], eof());
         let mut b = Mock::sending(&[], eof());
         b.max_write = 0;
-        let error = smol::block_on(copy_bidirectional(&mut a, &mut b)).unwrap_err();
+        let error = smol::block_on(copy_bidirectional(&mut a, &mut b, None)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::WriteZero);
     }
 
@@ -405,5 +465,16 @@ mod tests {
         assert_eq!(b.written, b"firstsecond");
         assert!(b.closed);
         assert!(pipe.buf.is_none());
+    }
+
+    #[test]
+    fn silence_both_ways_for_the_idle_timeout_is_an_error() {
+        let mut a = Mock::default();
+        let mut b = Mock::default();
+        let idle = Duration::from_millis(100);
+        let start = Instant::now();
+        let error = smol::block_on(copy_bidirectional(&mut a, &mut b, Some(idle))).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= idle);
     }
 }

@@ -14,6 +14,7 @@
 //! `metrics` what it shows.
 #![forbid(unsafe_code)]
 
+mod access;
 mod app;
 mod args;
 mod copy;

@@ -16,6 +16,8 @@ pub(crate) struct Counters {
     total: AtomicU64,
     handshake_failures: AtomicU64,
     target_connect_failures: AtomicU64,
+    clients_denied: AtomicU64,
+    idle_timeouts: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -29,6 +31,10 @@ pub(crate) struct Counts {
     pub(crate) handshake_failures: u64,
     /// Connections to the target that failed or timed out.
     pub(crate) target_connect_failures: u64,
+    /// Clients refused by `--allow-*` after their handshake.
+    pub(crate) clients_denied: u64,
+    /// Connections closed by `--idle-timeout`.
+    pub(crate) idle_timeouts: u64,
 }
 
 impl Counters {
@@ -55,6 +61,16 @@ impl Counters {
         self.target_connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A client was refused by the allow lists.
+    pub(crate) fn client_denied(&self) {
+        self.clients_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed for being idle.
+    pub(crate) fn idle_timed_out(&self) {
+        self.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counts now.
     pub(crate) fn snapshot(&self) -> Counts {
         Counts {
@@ -62,6 +78,8 @@ impl Counters {
             total: self.total.load(Ordering::Relaxed),
             handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
             target_connect_failures: self.target_connect_failures.load(Ordering::Relaxed),
+            clients_denied: self.clients_denied.load(Ordering::Relaxed),
+            idle_timeouts: self.idle_timeouts.load(Ordering::Relaxed),
         }
     }
 }
@@ -103,13 +121,15 @@ pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
             "total": counts.total,
             "handshake_failures": counts.handshake_failures,
             "target_connect_failures": counts.target_connect_failures,
+            "clients_denied": counts.clients_denied,
+            "idle_timeouts": counts.idle_timeouts,
         },
     })
 }
 
 /// The `/metrics` page in the Prometheus text format, version 0.0.4.
 pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
-    let metrics: [(&str, &str, &str, i128); 8] = [
+    let metrics: [(&str, &str, &str, i128); 10] = [
         (
             "tls_reload_reloads_applied_total",
             "counter",
@@ -157,6 +177,18 @@ pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
             "counter",
             "Connections to the target that failed or timed out.",
             counts.target_connect_failures.into(),
+        ),
+        (
+            "tls_reload_proxy_clients_denied_total",
+            "counter",
+            "Clients closed after their handshake because no --allow-cn, --allow-dns or --allow-uri named them.",
+            counts.clients_denied.into(),
+        ),
+        (
+            "tls_reload_proxy_idle_timeouts_total",
+            "counter",
+            "Connections closed after --idle-timeout of silence both ways.",
+            counts.idle_timeouts.into(),
         ),
     ];
     let mut out = String::new();
@@ -246,6 +278,8 @@ mod tests {
                 total: 2,
                 handshake_failures: 5,
                 target_connect_failures: 1,
+                clients_denied: 0,
+                idle_timeouts: 0,
             }
         );
     }

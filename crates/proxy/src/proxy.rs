@@ -31,13 +31,22 @@ use tls_reload_acceptor::{
     LogLimit, ReloadingAcceptor, TlsStream, DEFAULT_LOG_WINDOW, DEFAULT_MAX_HANDSHAKES,
 };
 
-use crate::args::Target;
+use crate::access::{Allow, Denied};
+use crate::args::{Args, Target};
 use crate::copy::copy_bidirectional;
 use crate::metrics::Counters;
 
 /// How long the accept loop pauses after `accept` fails (say, out of file
 /// descriptors), so that it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Per-connection failures (target unreachable, client refused) logged
+/// per second; the rest are counted in one line when the second ends.
+const FAILURE_LOG_BUDGET: u32 = 10;
+
+/// How long a client closed by the proxy (refused, idle) has to take its
+/// `close_notify` before the socket is just closed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the proxy needs to serve connections, shared by the workers.
 #[derive(Debug)]
@@ -54,6 +63,12 @@ pub(crate) struct Proxy {
     limit: Arc<Semaphore>,
     /// Says when the limit is reached, one line per window then a count.
     at_limit: Arc<Mutex<LogLimit>>,
+    /// The client identities allowed in.
+    allow: Allow,
+    /// How long a connection may be silent both ways, if bounded.
+    idle_timeout: Option<Duration>,
+    /// Per-connection failures logged, [`FAILURE_LOG_BUDGET`] a second.
+    failures: Mutex<LogLimit>,
     /// Shared with the status page.
     pub(crate) counters: Arc<Counters>,
 }
@@ -80,22 +95,19 @@ impl Drain {
 }
 
 impl Proxy {
-    /// A proxy to `target` allowing `max_connections` clients at once.
-    pub(crate) fn new(
-        acceptor: ReloadingAcceptor,
-        target: Target,
-        connect_timeout: Duration,
-        max_connections: usize,
-        counters: Arc<Counters>,
-    ) -> Self {
+    /// A proxy as `args` describe it.
+    pub(crate) fn new(acceptor: ReloadingAcceptor, args: &Args, counters: Arc<Counters>) -> Self {
         Self {
             acceptor,
-            target,
-            connect_timeout,
-            max_connections,
-            limit: Arc::new(Semaphore::new(max_connections)),
+            target: args.target.clone(),
+            connect_timeout: args.connect_timeout,
+            max_connections: args.max_connections,
+            limit: Arc::new(Semaphore::new(args.max_connections)),
             // Clients can hit the limit at will.
             at_limit: Arc::new(Mutex::new(LogLimit::new(1, DEFAULT_LOG_WINDOW))),
+            allow: args.allow.clone(),
+            idle_timeout: args.idle_timeout,
+            failures: Mutex::new(LogLimit::new(FAILURE_LOG_BUDGET, Duration::from_secs(1))),
             counters,
         }
     }
@@ -219,25 +231,73 @@ impl Proxy {
     /// Proxies one client whose handshake is done.
     async fn connection(self: Arc<Self>, mut client: TlsStream<Tcp>) {
         let peer = client.get_ref().0.peer;
+        if let Err(denied) = self.allow.check(client.get_ref().1.peer_certificates()) {
+            self.counters.client_denied();
+            if self.admit_failure_log() {
+                match &denied {
+                    Denied::NotAllowed { subject } => {
+                        tracing::warn!(%peer, ?subject, "client refused: {denied}");
+                    }
+                    _ => tracing::warn!(%peer, "client refused: {denied}"),
+                }
+            }
+            close_within(&mut client).await;
+            return;
+        }
         let mut target = match connect(&self.target, self.connect_timeout).await {
             Ok(target) => target,
             Err(error) => {
                 self.counters.target_connect_failed();
-                tracing::warn!(%peer, target = %self.target, %error, "cannot reach the target; closing the client");
-                let _ = client.close().await;
+                if self.admit_failure_log() {
+                    tracing::warn!(%peer, target = %self.target, %error, "cannot reach the target; closing the client");
+                }
+                close_within(&mut client).await;
                 return;
             }
         };
-        match copy_bidirectional(&mut client, &mut target).await {
+        match copy_bidirectional(&mut client, &mut target, self.idle_timeout).await {
             Ok(copied) => tracing::debug!(
                 %peer,
                 to_target = copied.forward,
                 to_client = copied.backward,
                 "connection closed"
             ),
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                self.counters.idle_timed_out();
+                tracing::debug!(%peer, %error, "closing an idle connection");
+                close_within(&mut client).await;
+            }
             Err(error) => tracing::debug!(%peer, %error, "connection ended with an error"),
         }
     }
+
+    /// Whether to log one more per-connection failure now; says first how
+    /// many the last window held back, if it just ended.
+    fn admit_failure_log(&self) -> bool {
+        let now = Instant::now();
+        let mut log = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let admission = log.admit(now);
+        if let Some(held) = admission.ended {
+            tracing::warn!(
+                times = held.count,
+                over = ?held.over,
+                "more connection failures than logged"
+            );
+        }
+        admission.log
+    }
+}
+
+/// Closes `client` (`close_notify`, then the write half), giving up after
+/// [`CLOSE_TIMEOUT`] if it does not take it.
+async fn close_within(client: &mut TlsStream<Tcp>) {
+    let closing = async {
+        let _ = client.close().await;
+    };
+    let given_up = async {
+        Timer::after(CLOSE_TIMEOUT).await;
+    };
+    smol::future::or(closing, given_up).await;
 }
 
 /// Connects to the target within `timeout`, trying each address the host
