@@ -108,9 +108,15 @@ impl ReloadingAcceptor {
     /// applied, so a failed build is retried as soon as anything moves.
     pub fn reloader(&self) -> Reloader {
         let shared = Arc::downgrade(&self.shared);
-        let alive = self.shared.alive.clone();
+        let alive = self.shared.lifeline.watch();
         let options = self.shared.options.clone();
-        Reloader::new(reloader::run(shared, alive, options, "acceptor"))
+        Reloader::new(reloader::run(
+            shared,
+            Shared::driven,
+            alive,
+            options,
+            "acceptor",
+        ))
     }
 
     /// Reads and builds the materials now and applies the result, or returns

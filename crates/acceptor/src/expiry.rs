@@ -20,10 +20,13 @@ pub(crate) const EXPIRED_REPEAT: Duration = Duration::from_secs(3600);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CertKind {
-    /// The served leaf certificate.
+    /// The leaf certificate presented: an acceptor's served certificate,
+    /// or a connector's client identity.
     Leaf,
     /// A client CA certificate (mTLS trust).
     ClientCa,
+    /// A root a connector trusts to sign servers' certificates.
+    Root,
 }
 
 impl fmt::Display for CertKind {
@@ -31,6 +34,7 @@ impl fmt::Display for CertKind {
         f.write_str(match self {
             Self::Leaf => "certificate",
             Self::ClientCa => "client CA certificate",
+            Self::Root => "root CA certificate",
         })
     }
 }

@@ -64,6 +64,13 @@
 //! A failure is reported once per cause and set of files, through `tracing`,
 //! [`status`](ReloadingAcceptor::status) and
 //! [`events`](ReloadingAcceptor::events).
+//!
+//! # The client side
+//!
+//! [`ReloadingConnector`] is the same engine for outbound connections: a
+//! client identity (for servers that require client certificates) and the
+//! trusted server roots follow their files, with the same refusals, status
+//! and events; a new identity or new roots start a fresh session cache.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -73,6 +80,7 @@
 )]
 
 mod acceptor;
+mod connector;
 mod deadline;
 mod engine;
 mod error;
@@ -88,18 +96,22 @@ pub use acceptor::{
     Accept, Builder, Reloaded, Reloader, ReloadingAcceptor, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_INTERVAL, DEFAULT_RETRY_INTERVAL,
 };
+pub use connector::{ConnectorBuilder, ConnectorReloaded, ReloadingConnector};
 pub use error::ReloadError;
 pub use expiry::{CertKind, ExpiryWindow};
 pub use incoming::{Incoming, DEFAULT_MAX_HANDSHAKES};
 pub use log_limit::{Admission, LogLimit, Suppressed, DEFAULT_LOG_BUDGET, DEFAULT_LOG_WINDOW};
 pub use sni::{SniBatch, SniResolver};
-pub use status::{Events, ReloadEvent, SkipReason, Status};
+pub use status::{ConnectorEvent, ConnectorStatus, Events, ReloadEvent, SkipReason, Status};
 
+pub use futures_rustls::client::TlsStream as ClientTlsStream;
 pub use futures_rustls::server::TlsStream;
+pub use futures_rustls::Connect;
 pub use rustls;
 pub use tls_reload_build::{
     build_pair, build_pair_blocking, pairs_in_dir, BuildError, Built, BuiltPair, CaInfo,
-    ClientAuth, CrlInfo, LeafInfo, Materials, PairFiles, Resumption, Template,
+    ClientAuth, ClientBuilt, ClientMaterials, ClientTemplate, CrlInfo, LeafInfo, Materials,
+    PairFiles, Resumption, Template,
 };
 /// A detector driven by hand, for tests (feature `test-util`).
 #[cfg(feature = "test-util")]

@@ -3,16 +3,13 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
-use tls_reload_detect::Detection;
 
 use crate::deadline::Deadlines;
-use crate::engine::reloader::Options;
+use crate::engine::reloader::{Lifeline, Options};
 use crate::engine::{Driven, Engine, Happening, Kind, Start};
 use crate::{CertKind, ReloadEvent, Status};
 
@@ -102,9 +99,8 @@ pub(crate) struct Shared {
     pub(crate) deadlines: Option<Deadlines>,
     /// How the reloader waits.
     pub(crate) options: Options,
-    /// Never sent on: dropped with the last handle, which ends the reloaders.
-    _alive: async_channel::Sender<()>,
-    pub(crate) alive: async_channel::Receiver<()>,
+    /// Ends the reloader when the last handle is dropped.
+    pub(crate) lifeline: Lifeline,
 }
 
 impl Shared {
@@ -133,14 +129,17 @@ impl Shared {
         options: Options,
         deadlines: Option<Deadlines>,
     ) -> Arc<Self> {
-        let (alive_tx, alive_rx) = async_channel::bounded(1);
         Arc::new(Self {
             engine,
             deadlines,
             options,
-            _alive: alive_tx,
-            alive: alive_rx,
+            lifeline: Lifeline::new(),
         })
+    }
+
+    /// What the reloader drives: the engine.
+    pub(crate) fn driven(&self) -> &dyn Driven {
+        &self.engine
     }
 
     /// The config for a new handshake: one atomic load, no lock.
@@ -166,28 +165,6 @@ impl Shared {
             client_cas: current.client_cas().to_vec(),
             crls: current.crls().to_vec(),
         }
-    }
-}
-
-impl Driven for Shared {
-    fn tick(&self) -> BoxFuture<'_, bool> {
-        Driven::tick(&self.engine)
-    }
-
-    fn check_expiry(&self) {
-        self.engine.check_expiry();
-    }
-
-    fn watched_paths(&self) -> Vec<PathBuf> {
-        self.engine.watched_paths()
-    }
-
-    fn set_detection(&self, detection: &Detection) {
-        self.engine.set_detection(detection);
-    }
-
-    fn reloader_flag(&self) -> &AtomicBool {
-        Driven::reloader_flag(&self.engine)
     }
 }
 

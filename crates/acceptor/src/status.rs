@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use futures::Stream;
-use tls_reload_build::{CaInfo, CrlInfo, LeafInfo, Materials, Resumption};
+use tls_reload_build::{CaInfo, ClientMaterials, CrlInfo, LeafInfo, Materials, Resumption};
 use tls_reload_detect::Detection;
 
 use crate::{CertKind, ReloadError};
@@ -131,14 +131,7 @@ pub enum ReloadEvent {
 impl fmt::Display for ReloadEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Detected { paths } => {
-                f.write_str("reload detected:")?;
-                for (i, path) in paths.iter().enumerate() {
-                    let separator = if i == 0 { " " } else { ", " };
-                    write!(f, "{separator}{}", path.display())?;
-                }
-                Ok(())
-            }
+            Self::Detected { paths } => write_detected(f, paths),
             Self::Built { leaf, .. } => write!(f, "reload built serial={}", leaf.serial_hex()),
             Self::Applied {
                 generation, leaf, ..
@@ -148,41 +141,187 @@ impl fmt::Display for ReloadEvent {
                 leaf.serial_hex()
             ),
             Self::Failed { error } => write!(f, "reload failed: {error}"),
-            Self::ExpiresSoon { kind, certificate } => write!(
-                f,
-                "{kind} expires soon: serial={} not_after={}",
-                certificate.serial_hex(),
-                certificate.not_after_rfc3339()
-            ),
-            Self::Expired { kind, certificate } => write!(
-                f,
-                "{kind} expired: serial={} not_after={}",
-                certificate.serial_hex(),
-                certificate.not_after_rfc3339()
-            ),
-            Self::Skipped { reason } => match reason {
-                SkipReason::Stale => f.write_str("reload skipped: stale"),
-                SkipReason::KnownFailure => f.write_str("reload skipped: known failure"),
-                SkipReason::Unsettled => f.write_str("reload skipped: files still changing"),
-            },
+            Self::ExpiresSoon { kind, certificate } => {
+                write_expiry(f, *kind, "expires soon", certificate)
+            }
+            Self::Expired { kind, certificate } => write_expiry(f, *kind, "expired", certificate),
+            Self::Skipped { reason } => write_skipped(f, *reason),
         }
     }
 }
 
+fn write_detected(f: &mut fmt::Formatter<'_>, paths: &[PathBuf]) -> fmt::Result {
+    f.write_str("reload detected:")?;
+    for (i, path) in paths.iter().enumerate() {
+        let separator = if i == 0 { " " } else { ", " };
+        write!(f, "{separator}{}", path.display())?;
+    }
+    Ok(())
+}
+
+fn write_expiry(
+    f: &mut fmt::Formatter<'_>,
+    kind: CertKind,
+    what: &str,
+    certificate: &LeafInfo,
+) -> fmt::Result {
+    write!(
+        f,
+        "{kind} {what}: serial={} not_after={}",
+        certificate.serial_hex(),
+        certificate.not_after_rfc3339()
+    )
+}
+
+fn write_skipped(f: &mut fmt::Formatter<'_>, reason: SkipReason) -> fmt::Result {
+    f.write_str(match reason {
+        SkipReason::Stale => "reload skipped: stale",
+        SkipReason::KnownFailure => "reload skipped: known failure",
+        SkipReason::Unsettled => "reload skipped: files still changing",
+    })
+}
+
+/// What a [`ReloadingConnector`](crate::ReloadingConnector)'s reloader did,
+/// as seen by its [`events`](crate::ReloadingConnector::events): the
+/// events of an acceptor, with the client's identity, which it may not
+/// have, in place of the served leaf.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ConnectorEvent {
+    /// The watched files differ from the ones in use.
+    Detected {
+        /// The paths that moved.
+        paths: Vec<PathBuf>,
+    },
+    /// A new client config was built and is about to be applied.
+    Built {
+        /// The identity it presents, if any.
+        identity: Option<LeafInfo>,
+        /// Whether sessions from the previous config still resume (only
+        /// when neither the identity nor the roots changed).
+        resumption: Resumption,
+    },
+    /// New connections now use a new client config.
+    Applied {
+        /// Its generation (see [`ConnectorStatus::generation`]).
+        generation: u64,
+        /// The identity it presents, if any.
+        identity: Option<LeafInfo>,
+        /// Whether it came from
+        /// [`reload_now`](crate::ReloadingConnector::reload_now) or a
+        /// reconfiguration rather than the reloader.
+        manual: bool,
+    },
+    /// A reload failed; the last good config stays in use. Reported once
+    /// per distinct cause and set of files.
+    Failed {
+        /// Why.
+        error: ReloadError,
+    },
+    /// A check did not lead to a build, or a build was not applied.
+    Skipped {
+        /// Why.
+        reason: SkipReason,
+    },
+    /// A certificate in use (the identity, or a trusted root) entered its
+    /// warning window. Reported once per certificate per crossing.
+    ExpiresSoon {
+        /// The identity ([`CertKind::Leaf`]) or a root.
+        kind: CertKind,
+        /// The certificate.
+        certificate: LeafInfo,
+    },
+    /// A certificate is past its not-after and still in use. Reported at
+    /// once, then at most hourly.
+    Expired {
+        /// The identity ([`CertKind::Leaf`]) or a root.
+        kind: CertKind,
+        /// The certificate.
+        certificate: LeafInfo,
+    },
+}
+
+/// One line per event, as for an acceptor; `serial=` is left out when the
+/// client has no identity: `reload applied generation=2 serial=0a1b`,
+/// `reload applied generation=2`.
+impl fmt::Display for ConnectorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let serial = |identity: &Option<LeafInfo>| match identity {
+            Some(leaf) => format!(" serial={}", leaf.serial_hex()),
+            None => String::new(),
+        };
+        match self {
+            Self::Detected { paths } => write_detected(f, paths),
+            Self::Built { identity, .. } => write!(f, "reload built{}", serial(identity)),
+            Self::Applied {
+                generation,
+                identity,
+                ..
+            } => write!(
+                f,
+                "reload applied generation={generation}{}",
+                serial(identity)
+            ),
+            Self::Failed { error } => write!(f, "reload failed: {error}"),
+            Self::ExpiresSoon { kind, certificate } => {
+                write_expiry(f, *kind, "expires soon", certificate)
+            }
+            Self::Expired { kind, certificate } => write_expiry(f, *kind, "expired", certificate),
+            Self::Skipped { reason } => write_skipped(f, *reason),
+        }
+    }
+}
+
+/// A snapshot of a [`ReloadingConnector`](crate::ReloadingConnector)'s
+/// reload state, for a status page or a health check.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConnectorStatus {
+    /// How many configs have been applied, the start-up one included (it is
+    /// generation 1).
+    pub generation: u64,
+    /// When the config now in use was applied.
+    pub applied_at: SystemTime,
+    /// When the last reload (not the start-up load) was applied, if any.
+    pub last_reload_at: Option<SystemTime>,
+    /// Reloads applied since start-up.
+    pub reloads_applied: u64,
+    /// Reload failures since start-up; a repeat of the same cause on the
+    /// same files counts once.
+    pub reloads_failed: u64,
+    /// The message of the last failure, if any.
+    pub last_error: Option<String>,
+    /// When the last failure happened.
+    pub last_error_at: Option<SystemTime>,
+    /// The identity presented to servers that ask, if any.
+    pub identity: Option<LeafInfo>,
+    /// Every root read from the roots file and directory; empty when the
+    /// template's root store is in use.
+    pub roots: Vec<CaInfo>,
+    /// The material paths in force.
+    pub materials: ClientMaterials,
+    /// The files read for the config now in use.
+    pub files: Vec<PathBuf>,
+    /// How changes are detected (see [`Status::detection`]).
+    pub detection: Detection,
+}
+
 /// A stream of [`ReloadEvent`]s, from
-/// [`ReloadingAcceptor::events`](crate::ReloadingAcceptor::events).
+/// [`ReloadingAcceptor::events`](crate::ReloadingAcceptor::events) (or of
+/// [`ConnectorEvent`]s, from
+/// [`ReloadingConnector::events`](crate::ReloadingConnector::events)).
 ///
 /// It buffers a bounded number of events; a subscriber that does not keep up
 /// misses the newest ones rather than growing memory. It ends when the
-/// acceptor is dropped.
+/// acceptor (or connector) is dropped.
 #[derive(Debug)]
 #[must_use = "streams do nothing unless polled"]
-pub struct Events {
-    pub(crate) inner: Pin<Box<async_channel::Receiver<ReloadEvent>>>,
+pub struct Events<E = ReloadEvent> {
+    pub(crate) inner: Pin<Box<async_channel::Receiver<E>>>,
 }
 
-impl Stream for Events {
-    type Item = ReloadEvent;
+impl<E> Stream for Events<E> {
+    type Item = E;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)

@@ -144,7 +144,8 @@ pub fn build_from_bytes(
         (&bytes.cert.path, &bytes.cert.bytes),
         Some((&bytes.key.path, &bytes.key.bytes)),
         bytes.passphrase(),
-        template,
+        provider,
+        template.check_validity,
     )?;
 
     let trust = Trust::load(bytes, template, previous)?;
@@ -203,7 +204,7 @@ pub fn build_from_bytes(
 }
 
 /// A certificate chain and its key, checked against each other and the
-/// clock: what a server presents.
+/// clock: what a server (or a client with an identity) presents.
 pub(crate) struct Identity {
     pub(crate) certified: CertifiedKey,
     pub(crate) leaf: LeafInfo,
@@ -214,13 +215,15 @@ pub(crate) struct Identity {
 /// Parses the chain of the certificate file and the private key of the key
 /// file (of the certificate file itself, after its certificates, when
 /// `None`: one PEM file holding both), each given as its name and bytes,
-/// and checks that the key is the leaf's and, by the template's policy,
-/// that the leaf is within its validity period.
+/// and checks that the key is the leaf's and, with `check_validity`, that
+/// the leaf is within its validity period. A server's pair and a client's
+/// identity alike.
 pub(crate) fn identity(
     (cert_path, cert_bytes): (&Path, &[u8]),
     key: Option<(&Path, &[u8])>,
     passphrase: Option<(&[u8], &Path)>,
-    template: &Template,
+    provider: &rustls::crypto::CryptoProvider,
+    check_validity: bool,
 ) -> Result<Identity, BuildError> {
     let mut cert_file = PemFile::parse(cert_path, cert_bytes)?;
     let chain = cert_file.certificates();
@@ -243,8 +246,7 @@ pub(crate) fn identity(
         PrivateKeyDer::Sec1(_) => Label::EcPrivateKey,
         _ => Label::PrivateKey,
     };
-    let key = template
-        .provider
+    let key = provider
         .key_provider
         .load_private_key(key_der)
         .map_err(|_| BuildError::BadPrivateKey {
@@ -253,7 +255,7 @@ pub(crate) fn identity(
         })?;
     let certified = CertifiedKey::new(chain.into_iter().map(|cert| cert.der).collect(), key);
     check_key_matches(&certified, cert_path, key_path)?;
-    if template.check_validity {
+    if check_validity {
         leaf.check_validity(cert_path, SystemTime::now())?;
     }
     Ok(Identity {

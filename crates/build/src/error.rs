@@ -322,6 +322,32 @@ pub enum BuildError {
         source: rustls::Error,
     },
 
+    /// A client config could not be built from the template (for example
+    /// protocol versions the provider does not support).
+    #[error("cannot build client config: {source}")]
+    ClientConfig {
+        /// Why rustls refused.
+        source: rustls::Error,
+    },
+
+    /// A client has nothing to trust: no roots file, no roots directory
+    /// and no root store in its template. Refused rather than connect
+    /// to servers it cannot verify.
+    #[error(
+        "no trusted roots: configure a roots file or directory, or give the template a root store"
+    )]
+    NoTrustedRoots,
+
+    /// The server certificate verifier could not be built from the roots.
+    #[error("{}: cannot verify servers with these roots: {source}", RootsName(.path.as_deref()))]
+    ServerVerifier {
+        /// The roots file, or the roots directory when no file is set;
+        /// `None` for the template's root store.
+        path: Option<PathBuf>,
+        /// Why rustls refused.
+        source: rustls::client::VerifierBuilderError,
+    },
+
     /// No process default crypto provider is installed and neither the `ring`
     /// nor the `aws-lc-rs` feature is enabled.
     #[error(
@@ -360,7 +386,24 @@ impl BuildError {
             | Self::NoDnsName { path }
             | Self::ClientVerifier { path, .. } => Some(path),
             Self::KeyMismatch { key, .. } => Some(key),
-            Self::Config { .. } | Self::Ticketer { .. } | Self::NoProvider => None,
+            Self::ServerVerifier { path, .. } => path.as_deref(),
+            Self::Config { .. }
+            | Self::ClientConfig { .. }
+            | Self::NoTrustedRoots
+            | Self::Ticketer { .. }
+            | Self::NoProvider => None,
+        }
+    }
+}
+
+/// A roots file or directory, or the template's root store.
+struct RootsName<'a>(Option<&'a Path>);
+
+impl fmt::Display for RootsName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(path) => write!(f, "{}", path.display()),
+            None => f.write_str("the template's root store"),
         }
     }
 }

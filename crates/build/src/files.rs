@@ -138,7 +138,7 @@ pub(crate) fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
             dir = %dir.display(),
             count = listed.dangling.len(),
             first = %listed.dangling[0].display(),
-            "skipped dangling symlinks in the client CA directory"
+            "skipped dangling symlinks in the CA directory"
         );
     }
     if listed.files.is_empty() {
@@ -199,7 +199,7 @@ pub(crate) fn add_ca_certs(
             file = %path.display(),
             ignored = invalid,
             used = valid,
-            "ignored client CA certificates that are not usable as trust anchors"
+            "ignored CA certificates that are not usable as trust anchors"
         );
     }
     Ok(())

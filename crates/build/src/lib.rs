@@ -55,6 +55,12 @@
 //!   (which panics without a single process default provider) is never called.
 //! - Materials already in memory (from a secret store) build the same way
 //!   through [`MaterialBytes`] and [`build_from_bytes`].
+//! - The client side builds the same way: [`build_client`] turns
+//!   [`ClientMaterials`] (an optional identity, checked like a server's
+//!   pair, and trusted roots from a bundle and/or a directory, else the
+//!   [`ClientTemplate`]'s root store) into a rustls `ClientConfig`. A roots
+//!   file that does not parse fails the build; the client's session cache
+//!   is kept only while neither the identity nor the roots changed.
 //!
 //! # Example
 //!
@@ -96,6 +102,7 @@
 
 pub use rustls;
 
+mod client;
 mod config;
 mod crl;
 mod encrypted;
@@ -107,6 +114,9 @@ mod pair;
 mod pem;
 mod template;
 
+pub use client::{
+    build_client, build_client_blocking, ClientBuilt, ClientMaterials, ClientTemplate,
+};
 pub use config::{build, build_blocking, build_from_bytes, Built, Resumption};
 pub use crl::{CaInfo, CrlInfo};
 pub use error::{BuildError, CertProblem, CrlProblem, KeyEncryptionProblem};

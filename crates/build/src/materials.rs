@@ -232,6 +232,18 @@ impl MaterialBytes {
         self
     }
 
+    /// A certificate chain and a private key already read.
+    pub(crate) fn from_pair(cert: Named, key: Named) -> Self {
+        Self {
+            cert,
+            key,
+            client_cas: Vec::new(),
+            client_ca_anchor: None,
+            crls: Vec::new(),
+            key_passphrase: None,
+        }
+    }
+
     /// Reads `materials` from disk: each file once, at most `limit` bytes,
     /// regular files only; a CA directory by the rule of
     /// [`tls_reload_detect::dir_files`] (dangling symlinks skipped with a

@@ -165,7 +165,8 @@ pub fn build_pair_blocking(pair: &PairFiles, template: &Template) -> Result<Buil
             .as_deref()
             .zip(key_bytes.as_deref().map(Vec::as_slice)),
         None,
-        template,
+        &template.provider,
+        template.check_validity,
     )?;
     if names.is_empty() {
         return Err(BuildError::NoDnsName {

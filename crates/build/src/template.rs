@@ -59,11 +59,7 @@ impl Template {
     ///
     /// Fails with [`BuildError::NoProvider`] when there is none of these.
     pub fn from_default_provider() -> Result<Self, BuildError> {
-        CryptoProvider::get_default()
-            .cloned()
-            .or_else(|| builtin::provider().map(Arc::new))
-            .map(Self::new)
-            .ok_or(BuildError::NoProvider)
+        default_provider().map(Self::new)
     }
 
     /// The crypto provider.
@@ -168,6 +164,15 @@ impl fmt::Debug for Template {
             )
             .finish()
     }
+}
+
+/// The process default provider if one is installed, else *ring*
+/// (feature `ring`), else aws-lc-rs (feature `aws-lc-rs`).
+pub(crate) fn default_provider() -> Result<Arc<CryptoProvider>, BuildError> {
+    CryptoProvider::get_default()
+        .cloned()
+        .or_else(|| builtin::provider().map(Arc::new))
+        .ok_or(BuildError::NoProvider)
 }
 
 /// What the enabled provider features supply: *ring* first, then aws-lc-rs.

@@ -57,24 +57,26 @@ impl Options {
     }
 }
 
-/// The reloader of `driven`: checks at every interval and when events say
-/// a watched path moved, until `alive` closes (every handle dropped) or
-/// `driven` is gone. `what` names the handle in logs ("acceptor").
-pub(crate) async fn run<D: Driven + ?Sized>(
-    driven: Weak<D>,
+/// The reloader of what `project` finds in `handle` (its engine, or a
+/// set): checks at every interval and when events say a watched path
+/// moved, until `alive` closes (every handle dropped) or `handle` is gone.
+/// `what` names the handle in logs ("acceptor").
+pub(crate) async fn run<H: Send + Sync + 'static>(
+    handle: Weak<H>,
+    project: for<'a> fn(&'a H) -> &'a dyn Driven,
     alive: async_channel::Receiver<()>,
     options: Options,
     what: &'static str,
 ) {
-    let Some(strong) = driven.upgrade() else {
+    let Some(strong) = handle.upgrade() else {
         return;
     };
-    let Some(_claim) = Claim::take(&strong) else {
+    let Some(_claim) = Claim::take(&strong, project) else {
         tracing::warn!("a reloader is already running for this {what}; this one ends");
         return;
     };
-    let mut events = rearm(&*strong, options.event_watch()).await;
-    strong.check_expiry();
+    let mut events = rearm(project(&strong), options.event_watch()).await;
+    project(&strong).check_expiry();
     drop(strong);
     loop {
         // The poll is re-armed after each check rather than on a fixed
@@ -91,23 +93,24 @@ pub(crate) async fn run<D: Driven + ?Sized>(
                 }
             }
         };
-        let Some(driven) = driven.upgrade() else {
+        let Some(strong) = handle.upgrade() else {
             return;
         };
+        let driven = project(&strong);
         let quiet = driven.tick().await;
         driven.check_expiry();
         // What the paths resolve to can only have moved if something did:
         // an idle poll costs what it costs without events.
         let moved = !quiet || wake == Wake::Event || !events.detection().is_events();
         if events.has_backend() && moved {
-            events = rearm(&*driven, events).await;
+            events = rearm(driven, events).await;
         }
     }
 }
 
 /// Re-arms `events` on the paths `driven` reads now, off the executor, and
 /// shows the result in the status.
-async fn rearm<D: Driven + ?Sized>(driven: &D, mut events: EventWatch) -> EventWatch {
+async fn rearm(driven: &dyn Driven, mut events: EventWatch) -> EventWatch {
     let paths = driven.watched_paths();
     let events = blocking::unblock(move || {
         events.arm(&paths);
@@ -119,25 +122,56 @@ async fn rearm<D: Driven + ?Sized>(driven: &D, mut events: EventWatch) -> EventW
 }
 
 /// Held by the running reloader; frees the place when it ends.
-struct Claim<D: Driven + ?Sized>(Weak<D>);
+struct Claim<H> {
+    handle: Weak<H>,
+    project: for<'a> fn(&'a H) -> &'a dyn Driven,
+}
 
-impl<D: Driven + ?Sized> Claim<D> {
+impl<H> Claim<H> {
     /// Marks a reloader as running; `None` if one already is.
-    fn take(driven: &Arc<D>) -> Option<Self> {
-        let claimed = driven
+    fn take(handle: &Arc<H>, project: for<'a> fn(&'a H) -> &'a dyn Driven) -> Option<Self> {
+        let claimed = project(handle)
             .reloader_flag()
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        claimed.then(|| Self(Arc::downgrade(driven)))
+        claimed.then(|| Self {
+            handle: Arc::downgrade(handle),
+            project,
+        })
     }
 }
 
-impl<D: Driven + ?Sized> Drop for Claim<D> {
+impl<H> Drop for Claim<H> {
     fn drop(&mut self) {
-        if let Some(driven) = self.0.upgrade() {
+        if let Some(handle) = self.handle.upgrade() {
+            let driven = (self.project)(&handle);
             driven.set_detection(&no_reloader());
             driven.reloader_flag().store(false, Ordering::Release);
         }
+    }
+}
+
+/// What ends a handle's reloader: the receiving end closes when the last
+/// handle (which holds the sender, never sent on) is dropped, even while
+/// the reloader holds the handle's state for a check.
+#[derive(Debug)]
+pub(crate) struct Lifeline {
+    _alive: async_channel::Sender<()>,
+    alive: async_channel::Receiver<()>,
+}
+
+impl Lifeline {
+    pub(crate) fn new() -> Self {
+        let (alive_tx, alive_rx) = async_channel::bounded(1);
+        Self {
+            _alive: alive_tx,
+            alive: alive_rx,
+        }
+    }
+
+    /// Closes when the last handle is dropped.
+    pub(crate) fn watch(&self) -> async_channel::Receiver<()> {
+        self.alive.clone()
     }
 }
 
