@@ -18,6 +18,7 @@ use crate::listen;
 use crate::metrics::Counters;
 use crate::proxy::{Drain, Proxy};
 use crate::status::{self, Sources};
+use crate::systemd::{self, Activation, Notify};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info,rustls=error`),
 /// without colours unless stderr is a terminal.
@@ -45,8 +46,13 @@ pub(crate) fn init_logging() {
 /// never moves between threads; and this thread for what all share: the
 /// reloader, the signals, the status page and the drain.
 pub(crate) fn run(args: Args) -> ExitCode {
+    // First, while this is the only thread: it edits the environment.
+    let activation = match systemd::activation() {
+        Ok(activation) => activation,
+        Err(error) => return fail(format_args!("socket activation (LISTEN_FDS): {error}")),
+    };
     let control = Arc::new(Executor::new());
-    let started = match smol::block_on(control.run(start(&args, &control))) {
+    let started = match smol::block_on(control.run(start(&args, &control, activation))) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -54,6 +60,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         proxy,
         listeners,
         mut signals,
+        notify,
     } = started;
     let (stop_accepting, stop) = smol::channel::bounded::<()>(1);
     let (exit_workers, exit) = smol::channel::bounded::<()>(1);
@@ -89,10 +96,26 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let code = if workers == 0 {
             fail(format_args!("no worker thread could start"))
         } else {
+            if let Some(notify) = &notify {
+                notify.ready();
+            }
             smol::block_on(control.run(async {
-                let signal = next_stop_signal(&mut signals, &proxy.acceptor, &control).await;
+                let signal =
+                    next_stop_signal(&mut signals, &proxy.acceptor, &control, &notify).await;
+                if let Some(notify) = &notify {
+                    notify.stopping();
+                }
                 drop(stop_accepting);
-                drain_after(signal, &args, &proxy, &drain, &mut signals, &control).await
+                drain_after(
+                    signal,
+                    &args,
+                    &proxy,
+                    &drain,
+                    &mut signals,
+                    &control,
+                    &notify,
+                )
+                .await
             }))
         };
         drop(exit_workers);
@@ -105,23 +128,44 @@ struct Started {
     proxy: Arc<Proxy>,
     listeners: Vec<Async<TcpListener>>,
     signals: Signals,
+    /// systemd's notification socket, if it gave one.
+    notify: Option<Arc<Notify>>,
 }
 
 /// Loads the files, binds the sockets, prints the first lines and starts
 /// the reloader and the status page on `control`; the error is the exit
 /// status, its message printed.
-async fn start(args: &Args, control: &Arc<Executor<'static>>) -> Result<Started, ExitCode> {
+async fn start(
+    args: &Args,
+    control: &Arc<Executor<'static>>,
+    activation: Activation,
+) -> Result<Started, ExitCode> {
     let acceptor = match args.acceptor().build().await {
         Ok(acceptor) => acceptor,
         Err(error) => return Err(fail(format_args!("{error}"))),
     };
-    let listeners = listen::bind(args.listen, args.threads)
-        .and_then(|listeners| listeners.into_iter().map(Async::new).collect());
+    let (listeners, what) = match (activation.listen, args.listen) {
+        (Some(inherited), _) => (
+            listen::share(inherited, args.threads),
+            "the socket from systemd".to_owned(),
+        ),
+        (None, Some(addr)) => (listen::bind(addr, args.threads), format!("--listen {addr}")),
+        (None, None) => {
+            return Err(fail(format_args!(
+                "--listen is required: LISTEN_FDS passed no socket to this process"
+            )))
+        }
+    };
+    let listeners = listeners.and_then(|listeners| listeners.into_iter().map(Async::new).collect());
     let listeners: Vec<Async<TcpListener>> = match listeners {
         Ok(listeners) => listeners,
-        Err(error) => return Err(fail(format_args!("--listen {}: {error}", args.listen))),
+        Err(error) => return Err(fail(format_args!("{what}: {error}"))),
     };
-    let status_listener = match args.status.map(Async::<TcpListener>::bind).transpose() {
+    let status_listener = match activation.status {
+        Some(inherited) => Async::new(inherited).map(Some),
+        None => args.status.map(Async::<TcpListener>::bind).transpose(),
+    };
+    let status_listener = match status_listener {
         Ok(listener) => listener,
         Err(error) => return Err(fail(format_args!("--status: {error}"))),
     };
@@ -159,6 +203,7 @@ async fn start(args: &Args, control: &Arc<Executor<'static>>) -> Result<Started,
         proxy,
         listeners,
         signals,
+        notify: Notify::from_env().map(Arc::new),
     })
 }
 
@@ -172,6 +217,7 @@ async fn drain_after(
     drain: &Drain,
     signals: &mut Signals,
     control: &Executor<'static>,
+    notify: &Option<Arc<Notify>>,
 ) -> ExitCode {
     let counters = &proxy.counters;
     let open = counters.snapshot().active;
@@ -191,7 +237,7 @@ async fn drain_after(
         tracing::warn!(open, "drain timeout; closing the connections left");
     };
     let again = async {
-        let signal = next_stop_signal(signals, &proxy.acceptor, control).await;
+        let signal = next_stop_signal(signals, &proxy.acceptor, control, notify).await;
         tracing::warn!(?signal, "second signal; exiting now");
     };
     smol::future::or(drained, smol::future::or(timed_out, again)).await;
@@ -203,11 +249,14 @@ async fn next_stop_signal(
     signals: &mut Signals,
     acceptor: &ReloadingAcceptor,
     executor: &Executor<'static>,
+    notify: &Option<Arc<Notify>>,
 ) -> Option<Signal> {
     while let Some(signal) = signals.next().await {
         match signal {
             Ok(Signal::Hup) => {
-                executor.spawn(reload_now(acceptor.clone())).detach();
+                executor
+                    .spawn(reload_now(acceptor.clone(), notify.clone()))
+                    .detach();
             }
             Ok(signal) => return Some(signal),
             Err(error) => tracing::warn!(%error, "reading signals failed"),
@@ -217,9 +266,18 @@ async fn next_stop_signal(
 }
 
 /// A reload asked for with SIGHUP; the stdout line comes from the events.
-async fn reload_now(acceptor: ReloadingAcceptor) {
+async fn reload_now(acceptor: ReloadingAcceptor, notify: Option<Arc<Notify>>) {
     tracing::info!("SIGHUP: reloading the files now");
-    match acceptor.reload_now().await {
+    if let Some(notify) = &notify {
+        notify.reloading();
+    }
+    let reloaded = acceptor.reload_now().await;
+    // Ready again either way: a failed reload keeps serving the last good
+    // files.
+    if let Some(notify) = &notify {
+        notify.ready();
+    }
+    match reloaded {
         Ok(reloaded) => tracing::info!(
             generation = reloaded.generation,
             serial = %reloaded.leaf.serial_hex(),

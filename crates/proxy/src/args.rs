@@ -30,7 +30,8 @@ usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE 
 
 required:
   --listen ADDR              address to accept TLS on, e.g. 0.0.0.0:6380
-                             (port 0 picks a free port; the real one is printed)
+                             (port 0 picks a free port; the real one is printed);
+                             not needed under socket activation (see systemd)
   --target HOST:PORT         plaintext TCP service to forward to, e.g. 127.0.0.1:6379;
                              a host name is resolved for every connection
   --cert FILE                PEM certificate chain, leaf first
@@ -97,6 +98,12 @@ signals:
   SIGTERM, SIGINT    stop accepting, let open connections finish within
                      --drain-timeout, exit 0 (a second signal exits at once)
 
+systemd:
+  with NOTIFY_SOCKET set, READY=1 once listening, RELOADING=1 and READY=1 around
+  a SIGHUP reload, STOPPING=1 on SIGTERM/SIGINT (Type=notify or notify-reload).
+  With LISTEN_FDS (socket activation), the first socket passed is the TLS
+  listener, shared by the workers, and a second one the status page's.
+
 exit status: 0 after a signal, 1 when the files or addresses cannot be used
 at start-up, 2 on bad arguments.";
 
@@ -104,7 +111,8 @@ at start-up, 2 on bad arguments.";
 #[derive(Clone, Debug)]
 pub(crate) struct Args {
     /// Where TLS clients connect.
-    pub(crate) listen: SocketAddr,
+    /// `None` only under socket activation, where systemd passes the socket.
+    pub(crate) listen: Option<SocketAddr>,
     /// Where the plaintext goes.
     pub(crate) target: Target,
     /// The certificate chain file.
@@ -326,7 +334,11 @@ impl Raw {
                 .filter(|value| !value.is_empty())
                 .ok_or_else(|| format!("{flag} is required"))
         };
-        let listen = required(self.listen, "--listen")?;
+        // Under socket activation (LISTEN_FDS) systemd hands the socket over.
+        let listen = match self.listen {
+            None if std::env::var_os("LISTEN_FDS").is_some() => None,
+            listen => Some(required(listen, "--listen")?),
+        };
         let target = required(self.target, "--target")?;
         let cert = required(self.cert, "--cert")?;
         let key = required(self.key, "--key")?;
@@ -348,7 +360,9 @@ impl Raw {
             }
         }
         Ok(Args {
-            listen: socket_addr("--listen", &listen)?,
+            listen: listen
+                .map(|listen| socket_addr("--listen", &listen))
+                .transpose()?,
             target: target_of(&target)?,
             cert: cert.into(),
             key: key.into(),
@@ -485,7 +499,7 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let args = run(BASE);
-        assert_eq!(args.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(args.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(args.target, Target::Addr("127.0.0.1:6379".parse().unwrap()));
         assert_eq!(args.interval, Duration::from_secs(1));
         assert_eq!(args.max_connections, 10_000);

@@ -9,7 +9,8 @@
 //!
 //! The private modules: `args` the command line, `app` start-up, the
 //! workers, signals and the drain, `listen` the workers' sockets, `proxy`
-//! the accept loop and each connection, `copy` the
+//! the accept loop and each connection, `access` the allow lists,
+//! `systemd` notifications and socket activation, `copy` the
 //! two-way copy with half-close, `status` the HTTP status page and
 //! `metrics` what it shows.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ mod listen;
 mod metrics;
 mod proxy;
 mod status;
+mod systemd;
 
 use std::process::ExitCode;
 

@@ -33,6 +33,18 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener
     Ok(listeners)
 }
 
+/// `count` handles on one listening socket passed in (socket activation):
+/// the workers share its accept queue, each woken when it has a connection
+/// and one of them taking it.
+pub(crate) fn share(listener: TcpListener, count: usize) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 1..count {
+        listeners.push(listener.try_clone()?);
+    }
+    listeners.push(listener);
+    Ok(listeners)
+}
+
 /// A listening socket on `addr` with `SO_REUSEADDR` (as std sets it) and
 /// `SO_REUSEPORT`.
 fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {

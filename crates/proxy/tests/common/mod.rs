@@ -65,20 +65,41 @@ impl Proxy {
     /// Starts the proxy for `files` in front of `target`, with more flags,
     /// and waits for its `listening on` (and `status on`) lines.
     pub fn start(files: &Files, target: SocketAddr, extra: &[&str]) -> Self {
-        let process = Process::spawn(
-            Command::new(env!("CARGO_BIN_EXE_tls-reload-proxy"))
-                .args(["--listen", "127.0.0.1:0", "--target", &target.to_string()])
-                .arg("--cert")
-                .arg(&files.cert)
-                .arg("--key")
-                .arg(&files.key)
-                .args(extra)
-                .env("RUST_LOG", "info"),
-        );
+        Self::start_with(files, target, extra, |_| {})
+    }
+
+    /// As [`start`](Self::start), with `tweak` adjusting the command
+    /// (environment, say) before it runs.
+    pub fn start_with(
+        files: &Files,
+        target: SocketAddr,
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tls-reload-proxy"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--target", &target.to_string()])
+            .arg("--cert")
+            .arg(&files.cert)
+            .arg("--key")
+            .arg(&files.key)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        tweak(&mut command);
+        Self::spawn(&mut command, extra.contains(&"--status"))
+    }
+
+    /// Runs `command` (the proxy, or a program that execs it) and waits for
+    /// its `listening on` line, and its `status on` line if `status`.
+    pub fn spawn(command: &mut Command, status: bool) -> Self {
+        Self::from_process(Process::spawn(command), status)
+    }
+
+    /// The proxy that `process` runs or will run, once it printed its
+    /// `listening on` line (and `status on`, if `status`).
+    pub fn from_process(process: Process, status: bool) -> Self {
         let addr = expect_addr(&process, "listening on ");
-        let status = extra
-            .contains(&"--status")
-            .then(|| expect_addr(&process, "status on "));
+        let status = status.then(|| expect_addr(&process, "status on "));
         Self {
             process,
             addr,
