@@ -49,7 +49,10 @@ fn arguments_parse_as_the_binary_parses_them() {
          --interval 250ms",
     )
     .unwrap();
-    assert!(run.starts_with("Run(Args { listen: Some(127.0.0.1:0), "), "{run}");
+    assert!(
+        run.starts_with("Run(Args { listen: Some(127.0.0.1:0), "),
+        "{run}"
+    );
     assert!(
         run.contains(r#"target: Host("backend.internal:6379")"#),
         "{run}"
