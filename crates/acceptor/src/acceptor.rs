@@ -411,7 +411,7 @@ where
             return Poll::Ready(result);
         }
         let timed_out = match self.timeout.as_mut() {
-            Some(timer) => Pin::new(timer).poll(cx).is_ready(),
+            Some(deadline) => deadline.poll_passed(cx).is_ready(),
             None => false,
         };
         if timed_out {
