@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use futures::StreamExt;
 use smol::Async;
+use tls_reload::acceptor::tcp_connections;
 
 fn main() -> ExitCode {
     common::init_logging();
@@ -42,13 +43,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        let connections = listener.incoming().map(|tcp| {
-            let tcp = tcp?;
-            tcp.get_ref().set_nodelay(true)?;
-            Ok(tcp)
-        });
+        // TCP_NODELAY set on each connection; handshakes run as tasks of
+        // their own, on as many threads as smol has (SMOL_THREADS).
         let mut incoming = acceptor
-            .incoming(Box::pin(connections))
+            .incoming(tcp_connections(&listener))
+            .spawn_handshakes(|task| smol::spawn(task).detach())
             .peer_addr_with(|tcp| tcp.get_ref().peer_addr().ok());
         while let Some(tls) = incoming.next().await {
             match tls {

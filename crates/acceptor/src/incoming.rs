@@ -1,14 +1,18 @@
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use async_io::Timer;
+use async_io::{Async, Timer};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use futures::task::AtomicWaker;
 use futures_rustls::server::TlsStream;
 use rustls::PeerIncompatible;
 use tracing::field;
@@ -33,15 +37,19 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 /// the connection stream itself (say, too many open files) is yielded, and
 /// the stream goes on.
 ///
-/// The handshakes are driven by the task that polls this stream, so their
-/// CPU work runs on one thread at a time. That suits most servers; one that
-/// needs more full handshakes per second than a core can do should spawn a
-/// task per connection with [`ReloadingAcceptor::accept`] instead, which
-/// applies the same handshake timeout.
+/// By default the handshakes are driven by the task that polls this stream,
+/// so their CPU work runs on one thread at a time. That suits most servers;
+/// one that needs more full handshakes per second than a core can do hands
+/// its executor's `spawn` to [`spawn_handshakes`](Incoming::spawn_handshakes),
+/// and each handshake runs as a task of its own, on any thread, while this
+/// stream still yields the TLS streams, bounds how many run at once and logs
+/// the failures.
 pub struct Incoming<S, IO> {
     acceptor: ReloadingAcceptor,
     connections: Option<S>,
     handshakes: FuturesUnordered<Handshake<IO>>,
+    /// Set by `spawn_handshakes`: handshakes run as tasks.
+    spawner: Option<Spawner<IO>>,
     max_handshakes: usize,
     failed: u64,
     peer_addr: fn(&IO) -> Option<SocketAddr>,
@@ -60,6 +68,7 @@ where
             acceptor,
             connections: Some(connections),
             handshakes: FuturesUnordered::new(),
+            spawner: None,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             failed: 0,
             peer_addr: unknown_peer,
@@ -97,6 +106,47 @@ where
         self
     }
 
+    /// Runs each handshake as a task of its own: `spawn` is handed the
+    /// task's future and starts it on any executor (`smol::spawn(task).detach()`,
+    /// `async_std::task::spawn(task)`, a thread pool's `spawn`...). Full
+    /// handshakes then use as many cores as the executor has threads; this
+    /// stream yields the TLS streams as they finish, in that order, and still
+    /// bounds how many run at once, applies the handshake timeout and logs the
+    /// failures.
+    ///
+    /// ```no_run
+    /// # use std::net::TcpListener;
+    /// # use futures::StreamExt;
+    /// # use smol::Async;
+    /// # use tls_reload_acceptor::{tcp_connections, ReloadingAcceptor};
+    /// # async fn serve(acceptor: ReloadingAcceptor, listener: Async<TcpListener>) {
+    /// let mut incoming = acceptor
+    ///     .incoming(tcp_connections(&listener))
+    ///     .spawn_handshakes(|task| smol::spawn(task).detach());
+    /// while let Some(tls) = incoming.next().await {
+    ///     // ...
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// A task whose stream is dropped before it finishes closes its
+    /// connection when it does; dropping the task closes it at once.
+    pub fn spawn_handshakes(
+        mut self,
+        spawn: impl FnMut(HandshakeTask<IO>) + Send + Sync + 'static,
+    ) -> Self {
+        self.spawner = Some(Spawner {
+            spawn: Box::new(spawn),
+            finished: Arc::new(Finished {
+                queue: Mutex::new(VecDeque::new()),
+                waker: AtomicWaker::new(),
+                closed: AtomicBool::new(false),
+            }),
+            running: 0,
+        });
+        self
+    }
+
     /// Bounds the warnings about failed handshakes. Beyond the budget they
     /// are logged at `debug` only, and each window that held some back ends
     /// with one warning that counts them. Default: [`LogLimit::default`],
@@ -112,9 +162,10 @@ where
         self.failed
     }
 
-    /// How many handshakes are running now.
+    /// How many handshakes are running now (spawned ones included, until
+    /// this stream takes their result).
     pub fn handshakes_in_flight(&self) -> usize {
-        self.handshakes.len()
+        self.handshakes.len() + self.spawner.as_ref().map_or(0, |spawner| spawner.running)
     }
 }
 
@@ -180,27 +231,43 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            while this.handshakes.len() < this.max_handshakes {
+            if let Some((result, peer)) = this.spawner.as_mut().and_then(|s| s.poll_finished(cx)) {
+                match result {
+                    Ok(stream) => return Poll::Ready(Some(Ok(stream))),
+                    Err(error) => {
+                        this.handshake_failed(&error, peer);
+                        continue;
+                    }
+                }
+            }
+            while this.handshakes_in_flight() < this.max_handshakes {
                 let Some(connections) = this.connections.as_mut() else {
                     break;
                 };
                 match connections.poll_next_unpin(cx) {
                     Poll::Ready(Some(Ok(io))) => {
-                        let peer = (this.peer_addr)(&io);
-                        this.handshakes.push(Handshake {
+                        let handshake = Handshake {
+                            peer: (this.peer_addr)(&io),
                             accept: this.acceptor.accept(io),
-                            peer,
-                        });
+                        };
+                        match this.spawner.as_mut() {
+                            Some(spawner) => spawner.spawn(handshake),
+                            None => this.handshakes.push(handshake),
+                        }
                     }
                     Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
                     Poll::Ready(None) => this.connections = None,
                     Poll::Pending => break,
                 }
             }
+            // A spawned handshake that finishes from now on wakes this task:
+            // `poll_finished` registered it before looking.
             match this.handshakes.poll_next_unpin(cx) {
                 Poll::Ready(Some((Ok(stream), _))) => return Poll::Ready(Some(Ok(stream))),
                 Poll::Ready(Some((Err(error), peer))) => this.handshake_failed(&error, peer),
-                Poll::Ready(None) if this.connections.is_none() => {
+                Poll::Ready(None)
+                    if this.connections.is_none() && this.handshakes_in_flight() == 0 =>
+                {
                     this.finish_warnings();
                     return Poll::Ready(None);
                 }
@@ -215,6 +282,9 @@ where
 
 impl<S, IO> Drop for Incoming<S, IO> {
     fn drop(&mut self) {
+        if let Some(spawner) = &self.spawner {
+            spawner.finished.close();
+        }
         self.finish_warnings();
     }
 }
@@ -240,6 +310,181 @@ fn warn_suppressed(held: Suppressed) {
         held.count,
         held.over
     );
+}
+
+/// Where spawned handshakes go, and how many run.
+struct Spawner<IO> {
+    spawn: Box<dyn FnMut(HandshakeTask<IO>) + Send + Sync>,
+    finished: Arc<Finished<IO>>,
+    /// Spawned, and not yet taken from `finished`.
+    running: usize,
+}
+
+impl<IO> Spawner<IO> {
+    fn spawn(&mut self, handshake: Handshake<IO>) {
+        self.running += 1;
+        (self.spawn)(HandshakeTask {
+            handshake: Some(handshake),
+            finished: self.finished.clone(),
+        });
+    }
+
+    /// A finished handshake, if any; else the task is woken when one is.
+    fn poll_finished(&mut self, cx: &mut Context<'_>) -> Option<Outcome<IO>> {
+        self.finished.waker.register(cx.waker());
+        let outcome = self.finished.lock().pop_front()?;
+        self.running -= 1;
+        Some(outcome)
+    }
+}
+
+/// A handshake's result, with the peer it is for.
+type Outcome<IO> = (io::Result<TlsStream<IO>>, Option<SocketAddr>);
+
+/// Spawned handshakes that finished, waiting for [`Incoming`] to take them.
+struct Finished<IO> {
+    /// Held for a push or a pop; a queue's capacity is reused.
+    queue: Mutex<VecDeque<Outcome<IO>>>,
+    /// The task polling the `Incoming`.
+    waker: AtomicWaker,
+    /// The `Incoming` is gone: results are dropped, which closes them.
+    closed: AtomicBool,
+}
+
+impl<IO> Finished<IO> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Outcome<IO>>> {
+        // Nothing panics while it is held.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, outcome: Outcome<IO>) {
+        let refused = {
+            let mut queue = self.lock();
+            if self.closed.load(Ordering::Acquire) {
+                Some(outcome)
+            } else {
+                queue.push_back(outcome);
+                None
+            }
+        };
+        // Dropped (the connection closed) outside the lock.
+        drop(refused);
+        self.waker.wake();
+    }
+
+    fn close(&self) {
+        let queue = {
+            let mut queue = self.lock();
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *queue)
+        };
+        drop(queue);
+    }
+}
+
+/// A handshake run as a task of its own: see
+/// [`Incoming::spawn_handshakes`]. Its result goes to the [`Incoming`] that
+/// spawned it.
+#[must_use = "futures do nothing unless polled"]
+pub struct HandshakeTask<IO> {
+    /// `None` once finished.
+    handshake: Option<Handshake<IO>>,
+    finished: Arc<Finished<IO>>,
+}
+
+impl<IO> Future for HandshakeTask<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(handshake) = self.handshake.as_mut() else {
+            return Poll::Ready(());
+        };
+        let outcome = std::task::ready!(Pin::new(handshake).poll(cx));
+        self.handshake = None;
+        self.finished.push(outcome);
+        Poll::Ready(())
+    }
+}
+
+impl<IO> fmt::Debug for HandshakeTask<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandshakeTask")
+            .field("finished", &self.handshake.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO> Drop for HandshakeTask<IO> {
+    fn drop(&mut self) {
+        if self.handshake.take().is_some() {
+            // Dropped unfinished (an executor shutting down): the stream
+            // must not wait for it.
+            self.finished.push((
+                Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the handshake's task was dropped",
+                )),
+                None,
+            ));
+        }
+    }
+}
+
+/// Connections accepted from a TCP listener, each with `TCP_NODELAY` set:
+/// a stream for [`ReloadingAcceptor::incoming`], from [`tcp_connections`].
+///
+/// A hand-written `poll_next` over the listener's readiness: no future is
+/// made per connection. An error of `accept` (say, too many open files) is
+/// yielded, and the stream goes on.
+#[must_use = "streams do nothing unless polled"]
+#[derive(Debug)]
+pub struct TcpConnections<'a> {
+    listener: &'a Async<TcpListener>,
+}
+
+/// The connections `listener` accepts, with `TCP_NODELAY` set (a TLS
+/// handshake is a few small writes that must not wait for each other).
+///
+/// ```no_run
+/// # use std::net::TcpListener;
+/// # use futures::StreamExt;
+/// # use smol::Async;
+/// # use tls_reload_acceptor::{tcp_connections, ReloadingAcceptor};
+/// # async fn serve(acceptor: ReloadingAcceptor) -> std::io::Result<()> {
+/// let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 8443))?;
+/// let mut incoming = acceptor.incoming(tcp_connections(&listener));
+/// while let Some(tls) = incoming.next().await {
+///     // ...
+/// }
+/// # Ok(()) }
+/// ```
+pub fn tcp_connections(listener: &Async<TcpListener>) -> TcpConnections<'_> {
+    TcpConnections { listener }
+}
+
+impl Stream for TcpConnections<'_> {
+    type Item = io::Result<Async<TcpStream>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.listener.get_ref().accept() {
+                Ok((tcp, _)) => {
+                    let tcp = tcp.set_nodelay(true).and_then(|()| Async::new(tcp));
+                    return Poll::Ready(Some(tcp));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(error) = std::task::ready!(self.listener.poll_readable(cx)) {
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Poll::Ready(Some(Err(error))),
+            }
+        }
+    }
 }
 
 /// A handshake, with the peer it is for.

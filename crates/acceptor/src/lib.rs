@@ -99,7 +99,9 @@ pub use acceptor::{
 pub use connector::{ConnectorBuilder, ConnectorReloaded, ReloadingConnector};
 pub use error::ReloadError;
 pub use expiry::{CertKind, ExpiryWindow};
-pub use incoming::{Incoming, DEFAULT_MAX_HANDSHAKES};
+pub use incoming::{
+    tcp_connections, HandshakeTask, Incoming, TcpConnections, DEFAULT_MAX_HANDSHAKES,
+};
 pub use log_limit::{Admission, LogLimit, Suppressed, DEFAULT_LOG_BUDGET, DEFAULT_LOG_WINDOW};
 pub use sni::{SniBatch, SniResolver};
 pub use status::{ConnectorEvent, ConnectorStatus, Events, ReloadEvent, SkipReason, Status};

@@ -21,6 +21,8 @@ on_both_runtimes!(
     busy_clients_never_fail_while_the_pair_rotates,
     silent_connections_do_not_delay_a_client_with_incoming,
     silent_connections_do_not_delay_a_client_with_a_task_per_connection,
+    silent_connections_do_not_delay_a_client_with_spawned_handshakes,
+    busy_clients_never_fail_with_spawned_handshakes,
     appended_root_in_ca_bundle_admits_its_clients,
     new_file_in_ca_dir_admits_its_clients,
     broken_ca_file_keeps_the_old_trust,
@@ -42,7 +44,15 @@ async fn open_connection_keeps_working_across_a_reload<R: Runtime>() -> Result<(
 }
 
 async fn busy_clients_never_fail_while_the_pair_rotates<R: Runtime>() -> Result<()> {
-    let f = Fixture::start::<R>(Serve::SpawnPerConnection).await?;
+    busy_clients_never_fail::<R>(Serve::SpawnPerConnection).await
+}
+
+async fn busy_clients_never_fail_with_spawned_handshakes<R: Runtime>() -> Result<()> {
+    busy_clients_never_fail::<R>(Serve::SpawnedHandshakes).await
+}
+
+async fn busy_clients_never_fail<R: Runtime>(mode: Serve) -> Result<()> {
+    let f = Fixture::start::<R>(mode).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let clients: Vec<_> = (0..4)
@@ -106,6 +116,11 @@ async fn silent_connections_do_not_delay_a_client_with_incoming<R: Runtime>() ->
 async fn silent_connections_do_not_delay_a_client_with_a_task_per_connection<R: Runtime>(
 ) -> Result<()> {
     silent_connections_do_not_delay_a_client::<R>(Serve::SpawnPerConnection).await
+}
+
+async fn silent_connections_do_not_delay_a_client_with_spawned_handshakes<R: Runtime>() -> Result<()>
+{
+    silent_connections_do_not_delay_a_client::<R>(Serve::SpawnedHandshakes).await
 }
 
 async fn silent_connections_do_not_delay_a_client<R: Runtime>(mode: Serve) -> Result<()> {

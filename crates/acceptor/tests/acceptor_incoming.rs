@@ -8,6 +8,8 @@
 mod common;
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
@@ -19,6 +21,7 @@ use tls_reload_acceptor::{ReloadingAcceptor, TestDetector};
 on_both_runtimes!(
     incoming_passes_listener_errors_and_skips_failed_handshakes,
     incoming_bounds_concurrent_handshakes_and_times_them_out,
+    spawned_handshakes_are_bounded_counted_and_timed_out,
     accept_times_out_a_silent_client,
 );
 
@@ -89,6 +92,46 @@ async fn accept_times_out_a_silent_client<R: Runtime>() -> Result<()> {
         started.elapsed() >= HANDSHAKE_TIMEOUT,
         "timed out after {:?}",
         started.elapsed()
+    );
+    Ok(())
+}
+
+async fn spawned_handshakes_are_bounded_counted_and_timed_out<R: Runtime>() -> Result<()> {
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(200);
+    let (_dir, acceptor) = acceptor(HANDSHAKE_TIMEOUT).await?;
+    let spawned = Arc::new(AtomicUsize::new(0));
+    let counter = spawned.clone();
+    let connections = futures::stream::iter((0..5).map(|_| Ok(Silent)));
+    let mut incoming = acceptor
+        .incoming(connections)
+        .max_handshakes(2)
+        .spawn_handshakes(move |task| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            R::spawn_detached(Box::pin(task));
+        });
+    let started = Instant::now();
+    assert!(incoming.next().now_or_never().is_none());
+    assert_eq!(
+        incoming.handshakes_in_flight(),
+        2,
+        "the bound does not hold"
+    );
+    assert_eq!(
+        spawned.load(Ordering::SeqCst),
+        2,
+        "each handshake is a task"
+    );
+
+    let rest = timeout(DEADLINE, incoming.by_ref().collect::<Vec<_>>().map(Ok)).await?;
+    let elapsed = started.elapsed();
+    assert!(rest.is_empty());
+    assert_eq!(incoming.failed_handshakes(), 5);
+    assert_eq!(incoming.handshakes_in_flight(), 0);
+    assert_eq!(spawned.load(Ordering::SeqCst), 5);
+    ensure!(elapsed >= 3 * HANDSHAKE_TIMEOUT, "done after {elapsed:?}");
+    ensure!(
+        elapsed < 3 * HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+        "done after {elapsed:?}"
     );
     Ok(())
 }

@@ -41,6 +41,9 @@ pub enum Serve {
     SpawnPerConnection,
     /// One `ReloadingAcceptor::incoming` stream.
     Incoming,
+    /// One `incoming` stream whose handshakes run as tasks of their own
+    /// (`Incoming::spawn_handshakes`).
+    SpawnedHandshakes,
 }
 
 /// An echo server; dropping it stops accepting (open connections go on).
@@ -67,8 +70,11 @@ pub fn serve<R: Runtime>(acceptor: &ReloadingAcceptor, mode: Serve) -> io::Resul
                     .forget();
                 }
             }
-            Serve::Incoming => {
+            Serve::Incoming | Serve::SpawnedHandshakes => {
                 let mut incoming = acceptor.incoming(connections);
+                if mode == Serve::SpawnedHandshakes {
+                    incoming = incoming.spawn_handshakes(|task| R::spawn_detached(Box::pin(task)));
+                }
                 while let Some(tls) = incoming.next().await {
                     let Ok(tls) = tls else { continue };
                     spawn::<R, _>(echo(tls)).forget();
