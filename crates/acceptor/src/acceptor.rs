@@ -17,9 +17,10 @@ use tls_reload_detect::{Detector, Strategy};
 
 use crate::deadline::{Deadline, Deadlines};
 use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
+use crate::named::{NamedStart, PairSources};
 use crate::server::{ServerKind, Shared};
 use crate::source::DetectorSource;
-use crate::{Events, ExpiryWindow, Incoming, ReloadError, Status};
+use crate::{Events, ExpiryWindow, Incoming, PairFiles, ReloadError, SniResolver, Status};
 
 /// How often the reloader checks the files unless told otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,6 +59,7 @@ impl ReloadingAcceptor {
             settings: default_settings(),
             options: default_options(),
             handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            pairs: PairSources::default(),
         }
     }
 
@@ -191,9 +193,42 @@ pub struct Builder {
     settings: engine::Settings,
     options: reloader::Options,
     handshake_timeout: Option<Duration>,
+    pairs: PairSources,
 }
 
 impl Builder {
+    /// Serves the pairs of this directory by SNI, besides the default pair
+    /// (the materials): `STEM.crt` with `STEM.key`, or `STEM.pem` holding
+    /// the chain and the key; other files are ignored. May be given
+    /// several times.
+    ///
+    /// Each pair answers for the DNS names of its certificate (not its file
+    /// name) and reloads on its own: a change to one rebuilds that one, a
+    /// broken one keeps its last good version while the others update. A
+    /// pair that appears is served once it builds; a pair whose files are
+    /// gone is dropped once that is confirmed (after the
+    /// [interval](Builder::interval), at least a second), so a pair between
+    /// the two renames of an update never flaps. A client asking for no
+    /// name, or a name no pair claims, gets the default pair. Session
+    /// resumption is kept across any pair's reload and reset when the
+    /// trust (client CAs, CRLs) changes, as for the default pair. See
+    /// [`SniResolver`](crate::SniResolver) for the resolution rules.
+    ///
+    /// At start-up a directory that cannot be listed is an error; a pair
+    /// that does not build is reported (tracing, [`Status::pairs`]) and the
+    /// others are served.
+    pub fn cert_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.pairs.dirs.push(dir.into());
+        self
+    }
+
+    /// Serves this named pair by SNI, besides the default pair; it reloads
+    /// on its own and is never dropped. See [`cert_dir`](Builder::cert_dir).
+    pub fn pair(mut self, pair: PairFiles) -> Self {
+        self.pairs.pairs.push(pair);
+        self
+    }
+
     /// Requires client certificates signed by a CA in this PEM bundle (every
     /// certificate in it is trusted). Combine with
     /// [`client_ca_dir`](Builder::client_ca_dir) if you like.
@@ -328,37 +363,62 @@ impl Builder {
     /// Builds the first config on the blocking pool: a failure names the file
     /// and the reason.
     pub async fn build(self) -> Result<ReloadingAcceptor, BuildError> {
-        let (start, options, deadlines) = self.into_start()?;
+        let (start, named, options, deadlines) = self.into_start()?;
         Ok(ReloadingAcceptor {
-            shared: Shared::start(start, options, deadlines).await?,
+            shared: Shared::start(start, named, options, deadlines).await?,
         })
     }
 
     /// Builds the first config on the current thread.
     pub fn build_blocking(self) -> Result<ReloadingAcceptor, BuildError> {
-        let (start, options, deadlines) = self.into_start()?;
+        let (start, named, options, deadlines) = self.into_start()?;
         Ok(ReloadingAcceptor {
-            shared: Shared::start_blocking(start, options, deadlines)?,
+            shared: Shared::start_blocking(start, named, options, deadlines)?,
         })
     }
 
+    #[allow(clippy::type_complexity)]
     fn into_start(
         self,
-    ) -> Result<(Start<ServerKind>, reloader::Options, Option<Deadlines>), BuildError> {
+    ) -> Result<
+        (
+            Start<ServerKind>,
+            Option<NamedStart>,
+            reloader::Options,
+            Option<Deadlines>,
+        ),
+        BuildError,
+    > {
         let template = match self.template {
             Some(template) => template,
             None => Template::from_default_provider()?,
         };
+        let subscribers = Subscribers::new();
+        let named = (!self.pairs.is_empty()).then(|| NamedStart {
+            table: Arc::new(SniResolver::new()),
+            sources: self.pairs,
+            template: template.clone(),
+            strategy: match &self.source {
+                DetectorSource::Strategy(strategy) => *strategy,
+                _ => Strategy::default(),
+            },
+            settings: self.settings.clone(),
+            subscribers: subscribers.clone(),
+            interval: self.options.interval,
+            require_pairs: false,
+        });
         let start = Start {
-            kind: ServerKind,
+            kind: ServerKind {
+                sni: named.as_ref().map(|named| named.table.clone()),
+            },
             materials: self.materials,
             template,
             source: self.source,
             settings: self.settings,
-            subscribers: Subscribers::new(),
+            subscribers,
         };
         let deadlines = self.handshake_timeout.map(Deadlines::new);
-        Ok((start, self.options, deadlines))
+        Ok((start, named, self.options, deadlines))
     }
 }
 
@@ -389,6 +449,7 @@ impl fmt::Debug for Builder {
             .field("detector", &self.source)
             .field("interval", &self.options.interval)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("pairs", &self.pairs)
             .finish_non_exhaustive()
     }
 }

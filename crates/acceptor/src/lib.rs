@@ -87,6 +87,7 @@ mod error;
 mod expiry;
 mod incoming;
 mod log_limit;
+mod named;
 mod server;
 mod sni;
 mod source;
@@ -104,7 +105,9 @@ pub use incoming::{
 };
 pub use log_limit::{Admission, LogLimit, Suppressed, DEFAULT_LOG_BUDGET, DEFAULT_LOG_WINDOW};
 pub use sni::{SniBatch, SniResolver};
-pub use status::{ConnectorEvent, ConnectorStatus, Events, ReloadEvent, SkipReason, Status};
+pub use status::{
+    ConnectorEvent, ConnectorStatus, Events, PairStatus, ReloadEvent, SkipReason, Status,
+};
 
 pub use futures_rustls::client::TlsStream as ClientTlsStream;
 pub use futures_rustls::server::TlsStream;

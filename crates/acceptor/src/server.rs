@@ -3,7 +3,12 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tls_reload_detect::Detection;
 
 use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
@@ -11,12 +16,17 @@ use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Templ
 use crate::deadline::Deadlines;
 use crate::engine::reloader::{Lifeline, Options};
 use crate::engine::{Driven, Engine, Happening, Kind, Start};
-use crate::{CertKind, ReloadEvent, Status};
+use crate::named::{Named, NamedStart};
+use crate::{CertKind, ReloadEvent, SniResolver, Status};
 
 /// The acceptor's kind: a server config from a certificate, a key and the
-/// client CAs ([`tls_reload_build::build_blocking`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ServerKind;
+/// client CAs ([`tls_reload_build::build_blocking`]). With named pairs,
+/// the config resolves through their SNI table, the built key as its
+/// default.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServerKind {
+    pub(crate) sni: Option<Arc<SniResolver>>,
+}
 
 impl Kind for ServerKind {
     type Materials = Materials;
@@ -35,7 +45,15 @@ impl Kind for ServerKind {
     }
 
     fn served(&self, built: &Built) -> Arc<ServerConfig> {
-        built.config().clone()
+        let Some(sni) = &self.sni else {
+            return built.config().clone();
+        };
+        // Called where the engine applies a build: the default follows it.
+        // The copy shares the build's session storage and ticketer.
+        sni.set_default(Some(built.certified_key().clone()));
+        let mut config = ServerConfig::clone(built.config());
+        config.cert_resolver = sni.clone();
+        Arc::new(config)
     }
 
     fn paths(&self, materials: &Materials) -> Vec<PathBuf> {
@@ -95,6 +113,8 @@ impl Kind for ServerKind {
 /// deadlines, and what ends the reloader.
 pub(crate) struct Shared {
     pub(crate) engine: Engine<ServerKind>,
+    /// The named pairs (SNI), if any.
+    pub(crate) named: Option<Arc<Named>>,
     /// Handshake deadlines, when handshakes have a timeout.
     pub(crate) deadlines: Option<Deadlines>,
     /// How the reloader waits.
@@ -107,39 +127,50 @@ impl Shared {
     /// Builds the first config, failing fast.
     pub(crate) async fn start(
         start: Start<ServerKind>,
+        named: Option<NamedStart>,
         options: Options,
         deadlines: Option<Deadlines>,
     ) -> Result<Arc<Self>, BuildError> {
         let engine = Engine::start(start).await?;
-        Ok(Self::new(engine, options, deadlines))
+        let named = match named {
+            Some(named) => Some(Arc::new(
+                blocking::unblock(move || Named::load_blocking(named)).await?,
+            )),
+            None => None,
+        };
+        Ok(Self::new(engine, named, options, deadlines))
     }
 
     /// Builds the first config on the current thread, failing fast.
     pub(crate) fn start_blocking(
         start: Start<ServerKind>,
+        named: Option<NamedStart>,
         options: Options,
         deadlines: Option<Deadlines>,
     ) -> Result<Arc<Self>, BuildError> {
         let engine = Engine::start_blocking(start)?;
-        Ok(Self::new(engine, options, deadlines))
+        let named = named.map(Named::load_blocking).transpose()?.map(Arc::new);
+        Ok(Self::new(engine, named, options, deadlines))
     }
 
     fn new(
         engine: Engine<ServerKind>,
+        named: Option<Arc<Named>>,
         options: Options,
         deadlines: Option<Deadlines>,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
+            named,
             deadlines,
             options,
             lifeline: Lifeline::new(),
         })
     }
 
-    /// What the reloader drives: the engine.
+    /// What the reloader drives: the engine, then the named pairs.
     pub(crate) fn driven(&self) -> &dyn Driven {
-        &self.engine
+        self
     }
 
     /// The config for a new handshake: one atomic load, no lock.
@@ -164,7 +195,55 @@ impl Shared {
             detection: snapshot.detection,
             client_cas: current.client_cas().to_vec(),
             crls: current.crls().to_vec(),
+            pairs: self
+                .named
+                .as_ref()
+                .map(|named| named.status())
+                .unwrap_or_default(),
+            unrecognized_names: self
+                .named
+                .as_ref()
+                .map_or(0, |named| named.table().refused()),
         }
+    }
+}
+
+impl Driven for Shared {
+    fn tick(&self) -> BoxFuture<'_, bool> {
+        async move {
+            let quiet = Driven::tick(&self.engine).await;
+            match &self.named {
+                Some(named) => named.tick().await && quiet,
+                None => quiet,
+            }
+        }
+        .boxed()
+    }
+
+    fn check_expiry(&self) {
+        self.engine.check_expiry();
+        if let Some(named) = &self.named {
+            named.check_expiry();
+        }
+    }
+
+    fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.engine.watched_paths();
+        if let Some(named) = &self.named {
+            paths.extend(named.watched_paths());
+        }
+        paths
+    }
+
+    fn set_detection(&self, detection: &Detection) {
+        self.engine.set_detection(detection);
+        if let Some(named) = &self.named {
+            named.set_detection(detection);
+        }
+    }
+
+    fn reloader_flag(&self) -> &AtomicBool {
+        Driven::reloader_flag(&self.engine)
     }
 }
 

@@ -48,6 +48,32 @@ pub struct Status {
     pub client_cas: Vec<CaInfo>,
     /// The certificate revocation lists in force, with their `nextUpdate`.
     pub crls: Vec<CrlInfo>,
+    /// The named pairs (SNI), by stem: served ones and ones that never
+    /// built. Empty without named pairs.
+    pub pairs: Vec<PairStatus>,
+    /// Handshakes refused because no pair served the name asked for and
+    /// there is no default pair.
+    pub unrecognized_names: u64,
+}
+
+/// One named pair in [`Status::pairs`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PairStatus {
+    /// The pair's stem (its files are `STEM.crt` and `STEM.key`, or
+    /// `STEM.pem`).
+    pub stem: String,
+    /// The DNS names it is served for; empty while it has never built.
+    pub names: Vec<String>,
+    /// The certificate served for it; `None` while it has never built.
+    pub leaf: Option<LeafInfo>,
+    /// Its files.
+    pub files: Vec<PathBuf>,
+    /// Its last failure, if any (it stays after a later success; a pair
+    /// that has never built shows why here).
+    pub last_error: Option<String>,
+    /// How many versions of it have been applied, the first included.
+    pub generation: u64,
 }
 
 /// Why a check did not lead to a build.
@@ -120,9 +146,43 @@ pub enum ReloadEvent {
         /// The certificate.
         certificate: LeafInfo,
     },
+    /// A named pair was added (after start-up) or replaced: new handshakes
+    /// for its names get it.
+    PairApplied {
+        /// The pair's stem.
+        stem: String,
+        /// How many versions of the pair have been applied.
+        generation: u64,
+        /// The certificate it now serves.
+        leaf: LeafInfo,
+    },
+    /// A named pair failed to build; it keeps serving its last good
+    /// version, if it has one. Reported once per distinct cause and files.
+    PairFailed {
+        /// The pair's stem.
+        stem: String,
+        /// Why (the message names the file).
+        error: ReloadError,
+    },
+    /// A named pair's files are gone (confirmed): it is no longer served.
+    PairRemoved {
+        /// The pair's stem.
+        stem: String,
+    },
+    /// Another event of a named pair's reloads (detected, built, skipped,
+    /// expiry).
+    Pair {
+        /// The pair's stem.
+        stem: String,
+        /// What happened.
+        event: Box<ReloadEvent>,
+    },
 }
 
-/// One line per event, as the example servers and the proxy print them:
+/// One line per event, as the example servers and the proxy print them
+/// (named pairs: `reload applied name=STEM serial=0a1b`, `reload failed:
+/// MESSAGE`, `reload removed name=STEM`; their other events end with
+/// ` name=STEM`):
 /// `reload applied generation=2 serial=0a1b`, `reload failed: MESSAGE`,
 /// `reload detected: PATH, PATH`, `reload built serial=0a1b`,
 /// `reload skipped: stale`, `certificate expires soon: serial=0a1b
@@ -146,6 +206,12 @@ impl fmt::Display for ReloadEvent {
             }
             Self::Expired { kind, certificate } => write_expiry(f, *kind, "expired", certificate),
             Self::Skipped { reason } => write_skipped(f, *reason),
+            Self::PairApplied { stem, leaf, .. } => {
+                write!(f, "reload applied name={stem} serial={}", leaf.serial_hex())
+            }
+            Self::PairFailed { error, .. } => write!(f, "reload failed: {error}"),
+            Self::PairRemoved { stem } => write!(f, "reload removed name={stem}"),
+            Self::Pair { stem, event } => write!(f, "{event} name={stem}"),
         }
     }
 }

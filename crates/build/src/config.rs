@@ -22,6 +22,7 @@ use crate::{BuildError, ClientAuth, LeafInfo, MaterialBytes, Materials, Template
 /// A built server config, with what a status page needs to know about it.
 pub struct Built {
     config: Arc<ServerConfig>,
+    certified: Arc<CertifiedKey>,
     leaf: LeafInfo,
     files: Vec<PathBuf>,
     resumption: Resumption,
@@ -53,6 +54,12 @@ impl Built {
     /// The config to hand to new connections.
     pub fn config(&self) -> &Arc<ServerConfig> {
         &self.config
+    }
+
+    /// The chain and signing key the config serves, for a certificate
+    /// resolver of your own (an SNI resolver's default pair, say).
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.certified
     }
 
     /// The served leaf certificate.
@@ -157,7 +164,9 @@ pub fn build_from_bytes(
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+    let certified = Arc::new(certified);
+    let mut config =
+        builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
     config.alpn_protocols = template.alpn.clone();
 
     let continuity = trust.digest;
@@ -190,6 +199,7 @@ pub fn build_from_bytes(
     );
     Ok(Built {
         config: Arc::new(config),
+        certified,
         leaf,
         files,
         resumption,

@@ -198,6 +198,21 @@ pub enum BuildError {
         path: PathBuf,
     },
 
+    /// No named pair could be served from these directories: they hold
+    /// none (`STEM.crt` with `STEM.key`, or `STEM.pem`), or none of them
+    /// builds. Only an error when there is no default pair either.
+    #[error(
+        "{}: no named pair to serve ({})",
+        DisplayPaths(.dirs),
+        .first_error.as_deref().unwrap_or("no STEM.crt + STEM.key or STEM.pem in it")
+    )]
+    NoPairs {
+        /// The directories.
+        dirs: Vec<PathBuf>,
+        /// Why the first pair did not build, if one was found.
+        first_error: Option<String>,
+    },
+
     /// The leaf certificate's not-after date has passed.
     #[error(
         "{}: certificate expired at {} (now {})",
@@ -387,6 +402,7 @@ impl BuildError {
             | Self::ClientVerifier { path, .. } => Some(path),
             Self::KeyMismatch { key, .. } => Some(key),
             Self::ServerVerifier { path, .. } => path.as_deref(),
+            Self::NoPairs { dirs, .. } => dirs.first().map(PathBuf::as_path),
             Self::Config { .. }
             | Self::ClientConfig { .. }
             | Self::NoTrustedRoots
@@ -530,6 +546,21 @@ impl fmt::Display for Found<'_> {
                 f.write_str(", ")?;
             }
             write!(f, "{label}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Paths joined by `, `, for a message.
+struct DisplayPaths<'a>(&'a [PathBuf]);
+
+impl fmt::Display for DisplayPaths<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, path) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", path.display())?;
         }
         Ok(())
     }
