@@ -30,7 +30,8 @@ use std::process::ExitCode;
 /// Runs `tls-reload-proxy` with these arguments (those after the program
 /// name) and returns its exit status: 0 after SIGTERM or SIGINT, 1 when the
 /// files or addresses cannot be used at start-up, 2 on bad arguments (the
-/// message and the usage on stderr), 0 after `--help` (the help on stdout).
+/// message and the usage on stderr), 0 after `--help` (the help on
+/// stdout).
 pub fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
     let args = match args::parse(args) {
         Ok(args::Command::Run(args)) => args,
