@@ -1,19 +1,21 @@
 //! The example servers' command line and output lines are a contract used by
-//! other tools: these tests run the real binaries (smol and async-std) and
-//! talk to them over loopback.
+//! other tools: these tests run the real binaries (smol, async-std and
+//! tokio) and talk to them over loopback; and the hyper HTTPS example
+//! answers a request, rotates, and answers with the new certificate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use tls_reload::acceptor::Materials;
 use tls_reload_testkit::{
-    client_config, fetch_serial, openssl, run_within, write_atomic, write_pair, Ca, Leaf, Process,
-    DEADLINE,
+    client_config, connect, fetch_serial, openssl, run_within, served_serial, timeout,
+    write_atomic, write_pair, Ca, Leaf, Process, DEADLINE,
 };
 
-const SERVERS: [&str; 2] = ["smol_server", "async_std_server"];
+const SERVERS: [&str; 3] = ["smol_server", "async_std_server", "tokio_server"];
 
 /// The example binary, built next to this test by `cargo test`; built on
 /// demand when only this test target was asked for.
@@ -354,6 +356,7 @@ fn the_detector_flag_decides_whether_a_touch_is_a_change() {
         ("smol_server", "metadata", true),
         ("async_std_server", "combined", false),
         ("smol_server", "hash", false),
+        ("tokio_server", "metadata", true),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::new("CA");
@@ -490,6 +493,7 @@ fn the_events_flag_decides_whether_a_rotation_is_seen_before_the_interval() {
     for (name, events) in [
         ("smol_server", "on"),
         ("async_std_server", "on"),
+        ("tokio_server", "on"),
         ("smol_server", "off"),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -571,4 +575,47 @@ fn the_servers_print_when_the_served_certificate_expires_soon_and_when_it_expire
             leaf.serial_hex()
         )
     );
+}
+
+#[test]
+fn the_hyper_example_answers_https_and_rotates_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("CA");
+    let (first, second) = (ca.leaf(0x1a01), ca.leaf(0x1a02));
+    let materials = write_pair(dir.path(), &first);
+    let server = Server::over("hyper_https", &materials, &["--interval-ms", "20"]);
+    let config = client_config(&ca, None);
+
+    let (response, serial) = smol::block_on(https_get(server.addr, &config)).expect("GET");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("hello over TLS\n"), "{response}");
+    assert_eq!(serial, first.serial_hex());
+
+    rotate_expecting_generation_2(&server, &materials, &second, "hyper_https");
+    let (response, serial) = smol::block_on(https_get(server.addr, &config)).expect("GET");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert_eq!(
+        serial,
+        second.serial_hex(),
+        "the new certificate, no restart"
+    );
+}
+
+/// An HTTP/1.1 GET over TLS: the whole response as text, and the serial of
+/// the certificate served.
+async fn https_get(
+    addr: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<(String, String)> {
+    let mut tls = connect(addr, config).await?;
+    let serial = served_serial(&tls);
+    let mut response = Vec::new();
+    timeout(DEADLINE, async {
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        tls.flush().await?;
+        tls.read_to_end(&mut response).await
+    })
+    .await?;
+    Ok((String::from_utf8_lossy(&response).into_owned(), serial))
 }
