@@ -12,16 +12,10 @@
 //! with the same config), `ours` (`ReloadingAcceptor::accept` with its
 //! handshake timeout) or `untimed` (without one).
 
-use std::pin::Pin;
-use std::process::Command;
 use std::sync::Arc;
-use std::task::Context;
 
-use anyhow::Context as _;
-use futures::task::noop_waker_ref;
-use futures::Future;
 use tls_reload::acceptor::{ReloadingAcceptor, Template};
-use tls_reload_testkit::{write_pair, Ca, Silent};
+use tls_reload_testkit::{poll_once, print_instruction_table, write_pair, Ca, Silent};
 
 const KINDS: [&str; 3] = ["plain", "ours", "untimed"];
 const RUNS: [u64; 2] = [1000, 3000];
@@ -45,53 +39,16 @@ fn main() -> anyhow::Result<()> {
     let plain = futures_rustls::TlsAcceptor::from(ours.config());
     for _ in 0..n {
         match kind.as_str() {
-            "plain" => start_once(plain.accept(Silent)),
-            "ours" => start_once(ours.accept(Silent)),
-            "untimed" => start_once(untimed.accept(Silent)),
+            "plain" => poll_once(plain.accept(Silent)),
+            "ours" => poll_once(ours.accept(Silent)),
+            "untimed" => poll_once(untimed.accept(Silent)),
             other => anyhow::bail!("KIND is plain, ours or untimed, not {other:?}"),
         }
     }
     Ok(())
 }
 
-/// Polls a handshake once: it sends nothing and waits for the ClientHello.
-fn start_once<F: Future + Unpin>(mut handshake: F) {
-    let mut cx = Context::from_waker(noop_waker_ref());
-    let _ = Pin::new(&mut handshake).poll(&mut cx);
-}
-
 /// Runs each kind under callgrind twice and prints instructions per start.
 fn table() -> anyhow::Result<()> {
-    let me = std::env::current_exe()?;
-    let mut per_start = Vec::new();
-    for kind in KINDS {
-        let mut counts = Vec::new();
-        for n in RUNS {
-            counts.push(instructions(&me, &[kind, &n.to_string()])?);
-        }
-        per_start.push((counts[1] - counts[0]) as f64 / (RUNS[1] - RUNS[0]) as f64);
-    }
-    println!("| accept start | instructions | vs plain |");
-    println!("|---|---:|---:|");
-    for (kind, count) in KINDS.iter().zip(&per_start) {
-        println!("| {kind} | {count:.0} | {:.3}x |", count / per_start[0]);
-    }
-    Ok(())
-}
-
-/// The instructions callgrind counts for one run of `program args`.
-pub fn instructions(program: &std::path::Path, args: &[&str]) -> anyhow::Result<u64> {
-    let output = Command::new("valgrind")
-        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-        .arg(program)
-        .args(args)
-        .output()
-        .context("running valgrind (is it installed?)")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    anyhow::ensure!(output.status.success(), "valgrind failed: {stderr}");
-    stderr
-        .lines()
-        .find_map(|line| line.split("Collected :").nth(1))
-        .and_then(|count| count.trim().parse().ok())
-        .with_context(|| format!("no instruction count in valgrind's output: {stderr}"))
+    print_instruction_table("accept start", &std::env::current_exe()?, &KINDS, RUNS)
 }

@@ -32,7 +32,10 @@ pub use io::Silent;
 pub use leaks::{assert_no_pem_bytes, byte_list, pem_body_windows, LEAK_WINDOW};
 pub use logs::{init_tracing, Captured};
 pub use pki::{ca_params, ca_pem, key_copy, leaf_params, new_key, rsa_key, Ca, Leaf};
-pub use process::{run_within, Process};
+pub use process::{
+    callgrind_instructions, callgrind_per_item, poll_once, print_instruction_table, run_within,
+    Process,
+};
 pub use runtime::{listen, spawn, AsyncStd, BoxIo, Connections, Io, Runtime, Smol};
 pub use wait::{timeout, wait_until, wait_until_blocking, DEADLINE};
 

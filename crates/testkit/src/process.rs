@@ -163,3 +163,63 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
         all
     })
 }
+
+/// Polls `future` once with a waker that does nothing: how the
+/// instruction-counting examples start a handshake.
+pub fn poll_once<F: std::future::Future + Unpin>(mut future: F) {
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    let _ = std::pin::Pin::new(&mut future).poll(&mut cx);
+}
+
+/// The instructions callgrind counts for one run of `program args`.
+pub fn callgrind_instructions(program: &std::path::Path, args: &[&str]) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let output = Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(program)
+        .args(args)
+        .output()
+        .context("running valgrind (is it installed?)")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.success(), "valgrind failed: {stderr}");
+    stderr
+        .lines()
+        .find_map(|line| line.split("Collected :").nth(1))
+        .and_then(|count| count.trim().parse().ok())
+        .with_context(|| format!("no instruction count in valgrind's output: {stderr}"))
+}
+
+/// Prints a table of the instructions one `what` of each of `kinds` costs
+/// (see [`callgrind_per_item`]), with ratios against the first kind.
+pub fn print_instruction_table(
+    what: &str,
+    program: &std::path::Path,
+    kinds: &[&str],
+    runs: [u64; 2],
+) -> anyhow::Result<()> {
+    let mut per_item = Vec::new();
+    for kind in kinds {
+        per_item.push(callgrind_per_item(program, kind, runs)?);
+    }
+    println!("| {what} | instructions | vs {} |", kinds[0]);
+    println!("|---|---:|---:|");
+    for (kind, count) in kinds.iter().zip(&per_item) {
+        println!("| {kind} | {count:.0} | {:.3}x |", count / per_item[0]);
+    }
+    Ok(())
+}
+
+/// The instructions one item of `kind` costs: `program kind N` run under
+/// callgrind for both counts of `runs`, the difference of the two counts
+/// divided by the difference of the two N, whatever the start-up cost.
+pub fn callgrind_per_item(
+    program: &std::path::Path,
+    kind: &str,
+    runs: [u64; 2],
+) -> anyhow::Result<f64> {
+    let mut counts = [0; 2];
+    for (count, n) in counts.iter_mut().zip(runs) {
+        *count = callgrind_instructions(program, &[kind, &n.to_string()])?;
+    }
+    Ok(counts[1].saturating_sub(counts[0]) as f64 / (runs[1] - runs[0]) as f64)
+}
