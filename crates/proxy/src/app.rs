@@ -11,7 +11,7 @@ use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
 use futures::{Stream, StreamExt};
 use smol::Executor;
-use tls_reload_acceptor::{ReloadEvent, ReloadingAcceptor};
+use tls_reload_acceptor::{ConnectorEvent, ReloadEvent};
 
 use crate::args::Args;
 use crate::listen;
@@ -100,8 +100,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
                 notify.ready();
             }
             smol::block_on(control.run(async {
-                let signal =
-                    next_stop_signal(&mut signals, &proxy.acceptor, &control, &notify).await;
+                let signal = next_stop_signal(&mut signals, &proxy, &control, &notify).await;
                 if let Some(notify) = &notify {
                     notify.stopping();
                 }
@@ -140,9 +139,19 @@ async fn start(
     control: &Arc<Executor<'static>>,
     activation: Activation,
 ) -> Result<Started, ExitCode> {
-    let acceptor = match args.acceptor().build().await {
-        Ok(acceptor) => acceptor,
-        Err(error) => return Err(fail(format_args!("{error}"))),
+    let acceptor = match args.acceptor() {
+        Some(builder) => match builder.build().await {
+            Ok(acceptor) => Some(acceptor),
+            Err(error) => return Err(fail(format_args!("{error}"))),
+        },
+        None => None,
+    };
+    let connector = match args.connector() {
+        Some(builder) => match builder.build().await {
+            Ok(connector) => Some(connector),
+            Err(error) => return Err(fail(format_args!("--target-tls: {error}"))),
+        },
+        None => None,
     };
     let (listeners, what) = match (activation.listen, args.listen) {
         (Some(inherited), _) => (
@@ -175,8 +184,16 @@ async fn start(
         Ok(signals) => signals,
         Err(error) => return Err(fail(format_args!("cannot handle signals: {error}"))),
     };
-    control.spawn(acceptor.reloader()).detach();
-    control.spawn(report_reloads(acceptor.events())).detach();
+    if let Some(acceptor) = &acceptor {
+        control.spawn(acceptor.reloader()).detach();
+        control.spawn(report_reloads(acceptor.events())).detach();
+    }
+    if let Some(connector) = &connector {
+        control.spawn(connector.reloader()).detach();
+        control
+            .spawn(report_target_reloads(connector.events()))
+            .detach();
+    }
     let counters = Arc::new(Counters::default());
     if let Err(error) = announce("listening on", &listeners[0]) {
         return Err(fail(format_args!("--listen: {error}")));
@@ -187,6 +204,7 @@ async fn start(
         }
         let sources = Sources {
             acceptor: acceptor.clone(),
+            connector: connector.clone(),
             counters: counters.clone(),
         };
         let serving = status::serve(status_listener, sources, control.clone());
@@ -198,7 +216,7 @@ async fn start(
         workers = listeners.len(),
         "proxy started"
     );
-    let proxy = Arc::new(Proxy::new(acceptor, args, counters));
+    let proxy = Arc::new(Proxy::new(acceptor, connector, args, counters));
     Ok(Started {
         proxy,
         listeners,
@@ -213,7 +231,7 @@ async fn start(
 async fn drain_after(
     signal: Option<Signal>,
     args: &Args,
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     drain: &Drain,
     signals: &mut Signals,
     control: &Executor<'static>,
@@ -237,7 +255,7 @@ async fn drain_after(
         tracing::warn!(open, "drain timeout; closing the connections left");
     };
     let again = async {
-        let signal = next_stop_signal(signals, &proxy.acceptor, control, notify).await;
+        let signal = next_stop_signal(signals, proxy, control, notify).await;
         tracing::warn!(?signal, "second signal; exiting now");
     };
     smol::future::or(drained, smol::future::or(timed_out, again)).await;
@@ -247,7 +265,7 @@ async fn drain_after(
 /// Waits for SIGTERM or SIGINT; a SIGHUP meanwhile starts a reload.
 async fn next_stop_signal(
     signals: &mut Signals,
-    acceptor: &ReloadingAcceptor,
+    proxy: &Arc<Proxy>,
     executor: &Executor<'static>,
     notify: &Option<Arc<Notify>>,
 ) -> Option<Signal> {
@@ -255,7 +273,7 @@ async fn next_stop_signal(
         match signal {
             Ok(Signal::Hup) => {
                 executor
-                    .spawn(reload_now(acceptor.clone(), notify.clone()))
+                    .spawn(reload_now(proxy.clone(), notify.clone()))
                     .detach();
             }
             Ok(signal) => return Some(signal),
@@ -266,24 +284,56 @@ async fn next_stop_signal(
 }
 
 /// A reload asked for with SIGHUP; the stdout line comes from the events.
-async fn reload_now(acceptor: ReloadingAcceptor, notify: Option<Arc<Notify>>) {
+async fn reload_now(proxy: Arc<Proxy>, notify: Option<Arc<Notify>>) {
     tracing::info!("SIGHUP: reloading the files now");
     if let Some(notify) = &notify {
         notify.reloading();
     }
-    let reloaded = acceptor.reload_now().await;
+    if let Some(acceptor) = &proxy.acceptor {
+        match acceptor.reload_now().await {
+            Ok(reloaded) => tracing::info!(
+                generation = reloaded.generation,
+                serial = %reloaded.leaf.serial_hex(),
+                "SIGHUP: reload applied"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "SIGHUP: reload failed; keeping the last good config");
+            }
+        }
+    }
+    if let Some((connector, _)) = &proxy.connector {
+        match connector.reload_now().await {
+            Ok(reloaded) => tracing::info!(
+                generation = reloaded.generation,
+                "SIGHUP: target TLS reload applied"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "SIGHUP: target TLS reload failed; keeping the last good config"
+            ),
+        }
+    }
     // Ready again either way: a failed reload keeps serving the last good
     // files.
     if let Some(notify) = &notify {
         notify.ready();
     }
-    match reloaded {
-        Ok(reloaded) => tracing::info!(
-            generation = reloaded.generation,
-            serial = %reloaded.leaf.serial_hex(),
-            "SIGHUP: reload applied"
-        ),
-        Err(error) => tracing::warn!(%error, "SIGHUP: reload failed; keeping the last good config"),
+}
+
+/// Prints one stdout line per applied or failed reload of the files used
+/// towards the target, prefixed `target ` (`target reload applied
+/// generation=N serial=HEX`).
+async fn report_target_reloads(mut events: impl Stream<Item = ConnectorEvent> + Unpin) {
+    while let Some(event) = events.next().await {
+        if matches!(
+            event,
+            ConnectorEvent::Applied { .. }
+                | ConnectorEvent::Failed { .. }
+                | ConnectorEvent::ExpiresSoon { .. }
+                | ConnectorEvent::Expired { .. }
+        ) {
+            say(format_args!("target {event}"));
+        }
     }
 }
 

@@ -9,13 +9,18 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use tls_reload_acceptor::{Builder, ReloadingAcceptor};
+use tls_reload_acceptor::rustls::pki_types::ServerName;
+use tls_reload_acceptor::{
+    Builder, ClientMaterials, ConnectorBuilder, ReloadingAcceptor, ReloadingConnector,
+};
 
 use crate::access::Allow;
 
 /// One line on how to call the proxy, printed after an argument error.
 pub(crate) const USAGE: &str = "\
 usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
+                        [--target-tls --target-ca FILE [--target-cert FILE --target-key FILE]
+                         [--target-name NAME]]
                         [--key-passphrase-file FILE] [--client-ca FILE] [--client-ca-dir DIR]
                         [--crl FILE]... [--interval DURATION]
                         [--events on|off] [--status ADDR] [--max-connections N] [--handshake-timeout DURATION]
@@ -41,6 +46,16 @@ required:
   --cert FILE                PEM certificate chain, leaf first
   --key FILE                 PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1,
                              or encrypted PKCS#8 with --key-passphrase-file)
+                             Without --cert and --key the listener is plaintext
+                             (client mode: give --target-tls)
+
+client mode (TLS towards the target, files reloaded as the listener's are):
+  --target-tls               originate TLS to the target
+  --target-ca FILE           PEM roots that verify the target (required with --target-tls)
+  --target-cert FILE         PEM client certificate chain presented to the target
+  --target-key FILE          its private key (with --target-cert)
+  --target-name NAME         server name sent (SNI) and verified [default: the
+                             target's host]
 
 options:
   --key-passphrase-file FILE decrypt an ENCRYPTED PRIVATE KEY (PKCS#8, PBES2 with
@@ -133,11 +148,26 @@ struct Cli {
     target: Target,
     /// PEM certificate chain, leaf first
     #[arg(long, value_name = "FILE", value_parser = file, help_heading = "Required")]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
     /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1, or encrypted
     /// PKCS#8 with --key-passphrase-file)
     #[arg(long, value_name = "FILE", value_parser = file, help_heading = "Required")]
-    key: PathBuf,
+    key: Option<PathBuf>,
+    /// originate TLS to the target
+    #[arg(long, help_heading = "Client mode")]
+    target_tls: bool,
+    /// PEM roots that verify the target
+    #[arg(long, value_name = "FILE", value_parser = file, help_heading = "Client mode")]
+    target_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to the target
+    #[arg(long, value_name = "FILE", value_parser = file, help_heading = "Client mode")]
+    target_cert: Option<PathBuf>,
+    /// its private key
+    #[arg(long, value_name = "FILE", value_parser = file, help_heading = "Client mode")]
+    target_key: Option<PathBuf>,
+    /// server name sent (SNI) and verified
+    #[arg(long, value_name = "NAME", value_parser = server_name, help_heading = "Client mode")]
+    target_name: Option<ServerName<'static>>,
 
     /// decrypt an ENCRYPTED PRIVATE KEY (PKCS#8, PBES2 with PBKDF2 or
     /// scrypt, as openssl pkcs8 -topk8 writes) with the passphrase in FILE
@@ -223,10 +253,12 @@ pub(crate) struct Args {
     pub(crate) listen: Option<SocketAddr>,
     /// Where the plaintext goes.
     pub(crate) target: Target,
-    /// The certificate chain file.
-    pub(crate) cert: PathBuf,
-    /// The private key file.
-    pub(crate) key: PathBuf,
+    /// The certificate chain file; `None` for a plaintext listener.
+    pub(crate) cert: Option<PathBuf>,
+    /// The private key file; `None` for a plaintext listener.
+    pub(crate) key: Option<PathBuf>,
+    /// TLS towards the target (client mode).
+    pub(crate) target_tls: Option<TargetTls>,
     /// A client CA bundle, for mTLS.
     pub(crate) client_ca: Option<PathBuf>,
     /// A directory of client CAs, for mTLS.
@@ -255,6 +287,17 @@ pub(crate) struct Args {
     pub(crate) allow: Allow,
     /// How long a connection may stay silent both ways, if bounded.
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// `--target-tls` and its files.
+#[derive(Clone, Debug)]
+pub(crate) struct TargetTls {
+    /// The roots that verify the target.
+    pub(crate) ca: PathBuf,
+    /// The client certificate chain and key presented to it, if any.
+    pub(crate) identity: Option<(PathBuf, PathBuf)>,
+    /// The name sent and verified.
+    pub(crate) name: ServerName<'static>,
 }
 
 /// What the command line asks for.
@@ -286,10 +329,26 @@ impl std::fmt::Display for Target {
 }
 
 impl Args {
-    /// The acceptor these arguments describe; client certificates are
-    /// required when a client CA is given.
-    pub(crate) fn acceptor(&self) -> Builder {
-        let mut builder = ReloadingAcceptor::from_files(&self.cert, &self.key)
+    /// The connector towards the target these arguments describe, with
+    /// `--target-tls`.
+    pub(crate) fn connector(&self) -> Option<ConnectorBuilder> {
+        let tls = self.target_tls.as_ref()?;
+        let mut materials = ClientMaterials::new().with_roots(&tls.ca);
+        if let Some((cert, key)) = &tls.identity {
+            materials = materials.with_identity(cert, key);
+        }
+        Some(
+            ReloadingConnector::builder(materials)
+                .interval(self.interval)
+                .events(self.events),
+        )
+    }
+
+    /// The acceptor these arguments describe, for a TLS listener; client
+    /// certificates are required when a client CA is given.
+    pub(crate) fn acceptor(&self) -> Option<Builder> {
+        let (cert, key) = (self.cert.as_ref()?, self.key.as_ref()?);
+        let mut builder = ReloadingAcceptor::from_files(cert, key)
             .interval(self.interval)
             .events(self.events)
             .handshake_timeout(self.handshake_timeout);
@@ -305,7 +364,7 @@ impl Args {
         if let Some(file) = &self.key_passphrase_file {
             builder = builder.key_passphrase_file(file);
         }
-        builder
+        Some(builder)
     }
 }
 
@@ -368,6 +427,45 @@ fn message(error: &clap::Error) -> String {
 }
 
 impl Cli {
+    /// `--target-tls` and the flags that go with it.
+    fn target_tls(&self) -> Result<Option<TargetTls>, String> {
+        if !self.target_tls {
+            for (flag, given) in [
+                ("--target-ca", self.target_ca.is_some()),
+                ("--target-cert", self.target_cert.is_some()),
+                ("--target-key", self.target_key.is_some()),
+                ("--target-name", self.target_name.is_some()),
+            ] {
+                if given {
+                    return Err(format!("{flag} needs --target-tls"));
+                }
+            }
+            return Ok(None);
+        }
+        let ca = self
+            .target_ca
+            .clone()
+            .ok_or("--target-tls needs --target-ca FILE (the roots that verify the target)")?;
+        let identity = match (&self.target_cert, &self.target_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) => return Err("--target-key is required with --target-cert".into()),
+            (None, Some(_)) => return Err("--target-cert is required with --target-key".into()),
+        };
+        let name = match (&self.target_name, &self.target) {
+            (Some(name), _) => name.clone(),
+            (None, Target::Addr(addr)) => ServerName::IpAddress(addr.ip().into()),
+            (None, Target::Host(host)) => {
+                let host = host
+                    .rsplit_once(':')
+                    .map_or(host.as_str(), |(host, _)| host);
+                server_name(host)
+                    .map_err(|e| format!("--target {host}: {e}; give --target-name"))?
+            }
+        };
+        Ok(Some(TargetTls { ca, identity, name }))
+    }
+
     /// The checks across flags, and the defaults that depend on the
     /// environment.
     fn finish(self) -> Result<Args, String> {
@@ -386,11 +484,22 @@ impl Cli {
                 ));
             }
         }
+        let target_tls = self.target_tls()?;
+        match (&self.cert, &self.key) {
+            (Some(_), Some(_)) => {}
+            (None, None) if target_tls.is_some() => {}
+            (None, None) => {
+                return Err("--cert is required: plaintext on both sides is refused (give --cert and --key for TLS to clients, or --target-tls for TLS to the target)".into())
+            }
+            (Some(_), None) => return Err("--key is required with --cert".into()),
+            (None, Some(_)) => return Err("--cert is required with --key".into()),
+        }
         Ok(Args {
             listen: self.listen,
-            target: self.target,
             cert: self.cert,
             key: self.key,
+            target_tls,
+            target: self.target,
             client_ca: self.client_ca,
             client_ca_dir: self.client_ca_dir,
             crls: self.crls,
@@ -453,6 +562,10 @@ fn file(text: &str) -> Result<PathBuf, String> {
         return Err("needs a file".into());
     }
     Ok(text.into())
+}
+
+fn server_name(text: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(text.to_owned()).map_err(|_| "not a DNS name or IP address".to_owned())
 }
 
 fn name(text: &str) -> Result<String, String> {
@@ -598,6 +711,56 @@ mod tests {
     }
 
     #[test]
+    fn client_mode_takes_its_files_and_a_name() {
+        let args = run(
+            "--listen 127.0.0.1:0 --target redis.internal:6380 --target-tls --target-ca ca.pem \
+             --target-cert c.pem --target-key k.pem",
+        );
+        assert_eq!(args.cert, None);
+        assert!(args.acceptor().is_none());
+        let tls = args.target_tls.as_ref().unwrap();
+        assert_eq!(tls.ca, PathBuf::from("ca.pem"));
+        assert_eq!(tls.identity, Some(("c.pem".into(), "k.pem".into())));
+        assert_eq!(tls.name, ServerName::try_from("redis.internal").unwrap());
+        let by_ip =
+            run("--listen 127.0.0.1:0 --target 10.0.0.1:6380 --target-tls --target-ca ca.pem");
+        assert_eq!(
+            by_ip.target_tls.unwrap().name,
+            ServerName::try_from("10.0.0.1").unwrap()
+        );
+        let named = run(&format!(
+            "{BASE} --target-tls --target-ca ca --target-name db.internal"
+        ));
+        assert!(named.acceptor().is_some());
+        assert_eq!(
+            named.target_tls.unwrap().name,
+            ServerName::try_from("db.internal").unwrap()
+        );
+    }
+
+    #[test]
+    fn client_mode_mistakes_are_named() {
+        let plain = "--listen 127.0.0.1:0 --target 127.0.0.1:1";
+        assert!(args_err(plain).contains("plaintext on both sides"));
+        assert!(args_err(&format!("{plain} --target-tls")).contains("--target-ca"));
+        assert!(
+            args_err(&format!("{BASE} --target-ca ca")).contains("--target-ca needs --target-tls")
+        );
+        assert!(args_err(&format!(
+            "{plain} --target-tls --target-ca ca --target-cert c"
+        ))
+        .contains("--target-key is required"));
+        assert!(
+            args_err("--listen 127.0.0.1:0 --target 127.0.0.1:1 --cert= --key k")
+                .contains("needs a file")
+        );
+        assert!(
+            args_err("--listen 127.0.0.1:0 --target 127.0.0.1:1 --cert c")
+                .contains("--key is required")
+        );
+    }
+
+    #[test]
     fn a_target_host_is_kept_for_resolving_later() {
         let args = run("--listen 127.0.0.1:0 --target localhost:6379 --cert c --key k");
         assert_eq!(args.target, Target::Host("localhost:6379".into()));
@@ -630,6 +793,11 @@ mod tests {
             "--allow-dns",
             "--allow-uri",
             "--idle-timeout",
+            "--target-tls",
+            "--target-ca",
+            "--target-cert",
+            "--target-key",
+            "--target-name",
             "listening on IP:PORT",
             "SIGHUP",
             "NOTIFY_SOCKET",

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tls_reload_acceptor::Status;
+use tls_reload_acceptor::{ConnectorStatus, Status};
 
 /// Counts of client connections, shared by the accept loop, the connection
 /// tasks and the status page.
@@ -84,9 +84,55 @@ impl Counters {
     }
 }
 
-/// The `/status` document: the reload state, the served certificate and the
-/// connection counts; times in unix seconds.
-pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
+/// The `/status` document: the reload state and the served certificate
+/// (with a TLS listener), the connection counts, and the client identity
+/// and roots used towards the target (with `--target-tls`, as
+/// `target_tls`); times in unix seconds.
+pub(crate) fn status_json(
+    status: Option<&Status>,
+    target: Option<&ConnectorStatus>,
+    counts: &Counts,
+) -> Value {
+    let mut document = match status {
+        Some(status) => listener_json(status),
+        None => json!({}),
+    };
+    document["connections"] = json!({
+        "active": counts.active,
+        "total": counts.total,
+        "handshake_failures": counts.handshake_failures,
+        "target_connect_failures": counts.target_connect_failures,
+        "clients_denied": counts.clients_denied,
+        "idle_timeouts": counts.idle_timeouts,
+    });
+    if let Some(target) = target {
+        document["target_tls"] = json!({
+            "generation": target.generation,
+            "applied_at": unix_seconds(target.applied_at),
+            "last_reload_at": target.last_reload_at.map(unix_seconds),
+            "reloads_applied": target.reloads_applied,
+            "reloads_failed": target.reloads_failed,
+            "last_error": target.last_error,
+            "last_error_at": target.last_error_at.map(unix_seconds),
+            "identity": target.identity.as_ref().map(|leaf| json!({
+                "serial": leaf.serial_hex(),
+                "subject": leaf.subject,
+                "not_before": unix_seconds(leaf.not_before),
+                "not_after": unix_seconds(leaf.not_after),
+                "sha256": leaf.sha256_hex(),
+            })),
+            "roots": target.roots.iter().map(|ca| json!({
+                "serial": ca.serial_hex(),
+                "subject": ca.subject,
+                "not_after": unix_seconds(ca.not_after),
+            })).collect::<Vec<_>>(),
+        });
+    }
+    document
+}
+
+/// The listener's part of `/status`.
+fn listener_json(status: &Status) -> Value {
     let leaf = &status.leaf;
     json!({
         "generation": status.generation,
@@ -116,44 +162,48 @@ pub(crate) fn status_json(status: &Status, counts: &Counts) -> Value {
             "not_after": unix_seconds(leaf.not_after),
             "sha256": leaf.sha256_hex(),
         },
-        "connections": {
-            "active": counts.active,
-            "total": counts.total,
-            "handshake_failures": counts.handshake_failures,
-            "target_connect_failures": counts.target_connect_failures,
-            "clients_denied": counts.clients_denied,
-            "idle_timeouts": counts.idle_timeouts,
-        },
     })
 }
 
-/// The `/metrics` page in the Prometheus text format, version 0.0.4.
-pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
-    let metrics: [(&str, &str, &str, i128); 10] = [
-        (
-            "tls_reload_reloads_applied_total",
-            "counter",
-            "Certificate reloads applied since start-up.",
-            status.reloads_applied.into(),
-        ),
-        (
-            "tls_reload_reloads_failed_total",
-            "counter",
-            "Certificate reloads that failed (the last good certificate kept serving).",
-            status.reloads_failed.into(),
-        ),
-        (
-            "tls_reload_last_reload_success_timestamp_seconds",
-            "gauge",
-            "Unix time the certificate now served was loaded.",
-            unix_seconds(status.applied_at).into(),
-        ),
-        (
-            "tls_reload_detection_events",
-            "gauge",
-            "1 when file-system events wake the checks, 0 when they poll only (see /status).",
-            i128::from(status.detection.is_events()),
-        ),
+/// The `/metrics` page in the Prometheus text format, version 0.0.4: the
+/// listener's reloads (with a TLS listener), the connection counts and the
+/// target side's reloads (with `--target-tls`).
+pub(crate) fn prometheus(
+    status: Option<&Status>,
+    target: Option<&ConnectorStatus>,
+    counts: &Counts,
+) -> String {
+    let mut out = String::new();
+    if let Some(status) = status {
+        let metrics: [(&str, &str, &str, i128); 4] = [
+            (
+                "tls_reload_reloads_applied_total",
+                "counter",
+                "Certificate reloads applied since start-up.",
+                status.reloads_applied.into(),
+            ),
+            (
+                "tls_reload_reloads_failed_total",
+                "counter",
+                "Certificate reloads that failed (the last good certificate kept serving).",
+                status.reloads_failed.into(),
+            ),
+            (
+                "tls_reload_last_reload_success_timestamp_seconds",
+                "gauge",
+                "Unix time the certificate now served was loaded.",
+                unix_seconds(status.applied_at).into(),
+            ),
+            (
+                "tls_reload_detection_events",
+                "gauge",
+                "1 when file-system events wake the checks, 0 when they poll only (see /status).",
+                i128::from(status.detection.is_events()),
+            ),
+        ];
+        write_metrics(&mut out, &metrics);
+    }
+    let metrics: [(&str, &str, &str, i128); 6] = [
         (
             "tls_reload_connections_active",
             "gauge",
@@ -191,15 +241,48 @@ pub(crate) fn prometheus(status: &Status, counts: &Counts) -> String {
             counts.idle_timeouts.into(),
         ),
     ];
-    let mut out = String::new();
+    write_metrics(&mut out, &metrics);
+    if let Some(target) = target {
+        let metrics: [(&str, &str, &str, i128); 3] = [
+            (
+                "tls_reload_proxy_target_reloads_applied_total",
+                "counter",
+                "Reloads of the client identity and roots used towards the target (--target-tls) applied since start-up.",
+                target.reloads_applied.into(),
+            ),
+            (
+                "tls_reload_proxy_target_reloads_failed_total",
+                "counter",
+                "Reloads of the client identity and roots used towards the target that failed (the last good ones kept).",
+                target.reloads_failed.into(),
+            ),
+            (
+                "tls_reload_proxy_target_identity_not_after_seconds",
+                "gauge",
+                "Unix time the client certificate presented to the target expires (0 without one).",
+                target
+                    .identity
+                    .as_ref()
+                    .map_or(0, |leaf| unix_seconds(leaf.not_after))
+                    .into(),
+            ),
+        ];
+        write_metrics(&mut out, &metrics);
+    }
+    if let Some(status) = status {
+        certificate_metrics(&mut out, status);
+    }
+    out
+}
+
+/// Unlabelled metrics: name, type, help and value.
+fn write_metrics(out: &mut String, metrics: &[(&str, &str, &str, i128)]) {
     for (name, kind, help, value) in metrics {
         let _ = write!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         );
     }
-    certificate_metrics(&mut out, status);
-    out
 }
 
 /// The not-after of the served leaf and of every client CA, and the

@@ -27,8 +27,10 @@ use futures::stream::{self, Stream, StreamExt};
 use smol::channel::{Receiver, Sender};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::Executor;
+use tls_reload_acceptor::rustls::pki_types::ServerName;
 use tls_reload_acceptor::{
-    LogLimit, ReloadingAcceptor, TlsStream, DEFAULT_LOG_WINDOW, DEFAULT_MAX_HANDSHAKES,
+    LogLimit, ReloadingAcceptor, ReloadingConnector, TlsStream, DEFAULT_LOG_WINDOW,
+    DEFAULT_MAX_HANDSHAKES,
 };
 
 use crate::access::{Allow, Denied};
@@ -51,8 +53,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the proxy needs to serve connections, shared by the workers.
 #[derive(Debug)]
 pub(crate) struct Proxy {
-    /// Runs the handshakes with the newest good config.
-    pub(crate) acceptor: ReloadingAcceptor,
+    /// Runs the handshakes with the newest good config; `None` for a
+    /// plaintext listener.
+    pub(crate) acceptor: Option<ReloadingAcceptor>,
+    /// TLS towards the target, and the name sent and verified
+    /// (`--target-tls`).
+    pub(crate) connector: Option<(ReloadingConnector, ServerName<'static>)>,
     /// Where the plaintext goes.
     target: Target,
     /// The bound on connecting to the target.
@@ -96,9 +102,16 @@ impl Drain {
 
 impl Proxy {
     /// A proxy as `args` describe it.
-    pub(crate) fn new(acceptor: ReloadingAcceptor, args: &Args, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(
+        acceptor: Option<ReloadingAcceptor>,
+        connector: Option<ReloadingConnector>,
+        args: &Args,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let name = args.target_tls.as_ref().map(|tls| tls.name.clone());
         Self {
             acceptor,
+            connector: connector.zip(name),
             target: args.target.clone(),
             connect_timeout: args.connect_timeout,
             max_connections: args.max_connections,
@@ -124,14 +137,34 @@ impl Proxy {
         stop: impl Future<Output = ()>,
     ) {
         let connections = self.clone().connections(listener, slots);
+        let accept_loop = async {
+            match self.acceptor.clone() {
+                Some(acceptor) => self.accept_tls(acceptor, connections, executor).await,
+                None => self.accept_plain(connections, executor).await,
+            }
+        };
+        futures::pin_mut!(accept_loop, stop);
+        if let Either::Left(((), stop)) = future::select(accept_loop, stop).await {
+            // The listener's stream of connections never ends.
+            stop.await;
+        }
+    }
+
+    /// Runs the TLS handshakes of `connections` and proxies each client.
+    async fn accept_tls(
+        self: &Arc<Self>,
+        acceptor: ReloadingAcceptor,
+        connections: Pin<Box<dyn Stream<Item = io::Result<Tcp>> + Send>>,
+        executor: &Executor<'static>,
+    ) {
         let max_handshakes = self.max_connections.min(DEFAULT_MAX_HANDSHAKES);
-        let mut incoming = self
-            .acceptor
+        let mut incoming = acceptor
             .incoming(connections)
             .max_handshakes(max_handshakes)
             .peer_addr_with(|tcp| Some(tcp.peer));
         let counters = self.counters.clone();
         let mut failed = 0;
+        // Polled whenever a handshake moves, not only when one succeeds.
         let mut clients = stream::poll_fn(move |cx| {
             let next = incoming.poll_next_unpin(cx);
             // This worker's count; the counters sum the workers'.
@@ -140,21 +173,31 @@ impl Proxy {
             failed = now;
             next
         });
-        let accept_loop = async {
-            while let Some(client) = clients.next().await {
-                match client {
-                    Ok(tls) => executor.spawn(self.clone().connection(tls)).detach(),
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        Timer::after(ACCEPT_ERROR_PAUSE).await;
-                    }
-                }
+        while let Some(client) = clients.next().await {
+            match client {
+                Ok(tls) => executor.spawn(self.clone().tls_client(tls)).detach(),
+                Err(error) => accept_failed(error).await,
             }
-        };
-        futures::pin_mut!(accept_loop, stop);
-        if let Either::Left(((), stop)) = future::select(accept_loop, stop).await {
-            // The listener's stream of connections never ends.
-            stop.await;
+        }
+    }
+
+    /// Proxies each of `connections` as it comes (a plaintext listener).
+    async fn accept_plain(
+        self: &Arc<Self>,
+        mut connections: Pin<Box<dyn Stream<Item = io::Result<Tcp>> + Send>>,
+        executor: &Executor<'static>,
+    ) {
+        while let Some(client) = connections.next().await {
+            match client {
+                Ok(tcp) => {
+                    let proxy = self.clone();
+                    let peer = tcp.peer;
+                    executor
+                        .spawn(async move { proxy.forward(tcp, peer).await })
+                        .detach();
+                }
+                Err(error) => accept_failed(error).await,
+            }
         }
     }
 
@@ -228,8 +271,9 @@ impl Proxy {
         }
     }
 
-    /// Proxies one client whose handshake is done.
-    async fn connection(self: Arc<Self>, mut client: TlsStream<Tcp>) {
+    /// Proxies one client whose handshake is done, if the allow lists let
+    /// it in.
+    async fn tls_client(self: Arc<Self>, mut client: TlsStream<Tcp>) {
         let peer = client.get_ref().0.peer;
         if let Err(denied) = self.allow.check(client.get_ref().1.peer_certificates()) {
             self.counters.client_denied();
@@ -244,17 +288,64 @@ impl Proxy {
             close_within(&mut client).await;
             return;
         }
-        let mut target = match connect(&self.target, self.connect_timeout).await {
-            Ok(target) => target,
-            Err(error) => {
-                self.counters.target_connect_failed();
-                if self.admit_failure_log() {
-                    tracing::warn!(%peer, target = %self.target, %error, "cannot reach the target; closing the client");
-                }
-                close_within(&mut client).await;
-                return;
-            }
+        self.forward(client, peer).await;
+    }
+
+    /// Connects to the target (over TLS with `--target-tls`) and copies
+    /// both ways between it and `client`.
+    async fn forward<C>(&self, mut client: C, peer: SocketAddr)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let tcp = match connect(&self.target, self.connect_timeout).await {
+            Ok(tcp) => tcp,
+            Err(error) => return self.unreachable(&mut client, peer, &error).await,
         };
+        let Some((connector, name)) = &self.connector else {
+            return self.copy(client, tcp, peer).await;
+        };
+        let left = self.connect_timeout.saturating_sub(started.elapsed());
+        let handshake = async {
+            connector.connect(name.clone(), tcp).await.map_err(|error| {
+                io::Error::new(error.kind(), format!("TLS to the target: {error}"))
+            })
+        };
+        let timed_out = async {
+            Timer::after(left).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS handshake with the target within {:?}",
+                    self.connect_timeout
+                ),
+            ))
+        };
+        match smol::future::or(handshake, timed_out).await {
+            Ok(tls) => self.copy(client, tls, peer).await,
+            Err(error) => self.unreachable(&mut client, peer, &error).await,
+        }
+    }
+
+    /// Counts and logs a target that could not be reached, and closes the
+    /// client.
+    async fn unreachable<C>(&self, client: &mut C, peer: SocketAddr, error: &io::Error)
+    where
+        C: AsyncWrite + Unpin,
+    {
+        self.counters.target_connect_failed();
+        if self.admit_failure_log() {
+            tracing::warn!(%peer, target = %self.target, %error, "cannot reach the target; closing the client");
+        }
+        close_within(client).await;
+    }
+
+    /// Copies both ways between `client` and `target` until both ended.
+    async fn copy<C, T>(&self, mut client: C, mut target: T, peer: SocketAddr)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
         match copy_bidirectional(&mut client, &mut target, self.idle_timeout).await {
             Ok(copied) => tracing::debug!(
                 %peer,
@@ -288,9 +379,16 @@ impl Proxy {
     }
 }
 
-/// Closes `client` (`close_notify`, then the write half), giving up after
-/// [`CLOSE_TIMEOUT`] if it does not take it.
-async fn close_within(client: &mut TlsStream<Tcp>) {
+/// Logs a failed `accept` and pauses, so that an error that repeats (out of
+/// descriptors, say) does not spin the loop.
+async fn accept_failed(error: io::Error) {
+    tracing::warn!(%error, "accept failed");
+    Timer::after(ACCEPT_ERROR_PAUSE).await;
+}
+
+/// Closes `client` (for TLS `close_notify`, then the write half), giving up
+/// after [`CLOSE_TIMEOUT`] if it does not take it.
+async fn close_within<C: AsyncWrite + Unpin>(client: &mut C) {
     let closing = async {
         let _ = client.close().await;
     };

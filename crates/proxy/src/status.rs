@@ -32,9 +32,9 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use smol::channel::{self, Receiver, Sender};
 use smol::lock::Semaphore;
 use smol::Executor;
-use tls_reload_acceptor::ReloadingAcceptor;
+use tls_reload_acceptor::{ConnectorStatus, ReloadingAcceptor, ReloadingConnector, Status};
 
-use crate::metrics::{prometheus, status_json, Counters};
+use crate::metrics::{prometheus, status_json, Counters, Counts};
 
 /// The most a request head may take.
 const HEAD_LIMIT: usize = 8 * 1024;
@@ -58,10 +58,24 @@ const WARN_EVERY: Duration = Duration::from_secs(5);
 /// What the status page reports on.
 #[derive(Clone, Debug)]
 pub(crate) struct Sources {
-    /// The reload state and the served certificate.
-    pub(crate) acceptor: ReloadingAcceptor,
+    /// The reload state and the served certificate, with a TLS listener.
+    pub(crate) acceptor: Option<ReloadingAcceptor>,
+    /// The client identity and roots towards the target, with
+    /// `--target-tls`.
+    pub(crate) connector: Option<ReloadingConnector>,
     /// The connection counts.
     pub(crate) counters: Arc<Counters>,
+}
+
+impl Sources {
+    /// What the pages show, taken now.
+    fn snapshot(&self) -> (Option<Status>, Option<ConnectorStatus>, Counts) {
+        (
+            self.acceptor.as_ref().map(ReloadingAcceptor::status),
+            self.connector.as_ref().map(ReloadingConnector::status),
+            self.counters.snapshot(),
+        )
+    }
 }
 
 /// Serves status requests on `listener` forever.
@@ -404,12 +418,18 @@ fn respond(route: Route, sources: &Sources) -> Response {
         Route::Status => Response {
             code,
             content_type: "application/json",
-            body: status_json(&sources.acceptor.status(), &sources.counters.snapshot()).to_string(),
+            body: {
+                let (listener, target, counts) = sources.snapshot();
+                status_json(listener.as_ref(), target.as_ref(), &counts).to_string()
+            },
         },
         Route::Metrics => Response {
             code,
             content_type: "text/plain; version=0.0.4",
-            body: prometheus(&sources.acceptor.status(), &sources.counters.snapshot()),
+            body: {
+                let (listener, target, counts) = sources.snapshot();
+                prometheus(listener.as_ref(), target.as_ref(), &counts)
+            },
         },
         Route::BadRequest => text("bad request"),
         Route::NotFound => text("not found: try /status or /metrics"),
