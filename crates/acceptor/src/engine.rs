@@ -1,16 +1,18 @@
 //! The reload engine: one instance per set of files that reload together.
 //!
-//! An [`Engine`] follows one set of materials (a server's certificate, key
-//! and client CAs; a client's identity and roots; one named pair) and
-//! builds them into what its [`Kind`] says: the acceptor's `ServerConfig`
-//! ([`ServerKind`](crate::server::ServerKind)), and whatever a later kind
-//! needs. Everything below is the same for every kind; the kind supplies
-//! the build, what the hot path loads, the paths to watch and the events.
+//! An [`Engine`] follows one set of materials and builds them into what its
+//! [`Kind`] says: a server's certificate, key and client CAs into the
+//! acceptor's `ServerConfig` ([`ServerKind`](crate::server::ServerKind)); a
+//! client's identity and roots into the connector's `ClientConfig`
+//! ([`ClientKind`](crate::connector::ClientKind)); one named pair into a
+//! `CertifiedKey` ([`PairKind`](crate::named::PairKind)). Everything below
+//! is the same for every kind; the kind supplies the build, what the hot
+//! path loads, the paths to watch and the events.
 //!
 //! One [reloader](reloader::run) drives one [`Driven`]: an engine, or a
-//! set of them ([`Set`](reloader::Set)) that it checks one after the other, each with its
-//! own detector, fingerprint, tickets and last failure, so a change to one
-//! rebuilds that one only.
+//! handle's state that drives several (the acceptor's: its default engine,
+//! then each named pair's), each with its own detector, fingerprint,
+//! tickets and last failure, so a change to one rebuilds that one only.
 //!
 //! # The state machine
 //!
@@ -55,7 +57,7 @@
 //!
 //! **Wake-ups.** The reloader checks at every interval and, when
 //! file-system events say a watched path moved, at once (an
-//! [`EventWatch`] it owns, armed on the paths of everything it drives and
+//! [`EventWatch`](tls_reload_detect::EventWatch) it owns, armed on the paths of everything it drives and
 //! re-armed after every check). Events only wake a check; the fingerprint
 //! decides.
 //!

@@ -17,7 +17,9 @@ use crate::{CertKind, ReloadError, SkipReason};
 /// cheap to clone (it goes to the blocking pool with every build), so an
 /// instance may carry what tells it apart (a named pair's name, say).
 ///
-/// Kinds: the acceptor's server config ([`ServerKind`](crate::server::ServerKind)).
+/// Kinds: the acceptor's server config ([`ServerKind`](crate::server::ServerKind)),
+/// the connector's client config ([`ClientKind`](crate::connector::ClientKind)),
+/// a named pair's certified key ([`PairKind`](crate::named::PairKind)).
 pub(crate) trait Kind: Clone + Send + Sync + 'static {
     /// Where the materials live: paths, read at every build.
     type Materials: Clone + fmt::Debug + Send + Sync + 'static;

@@ -2,15 +2,15 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::{self, BoxFuture, Either};
-use futures::FutureExt;
 use tls_reload_detect::{Detection, EventWatch, Wake};
 
-/// What one reloader drives: an [`Engine`](super::Engine), or a [`Set`] of
-/// them. Dyn-compatible, so a set may hold engines of different kinds.
+/// What one reloader drives: an [`Engine`](super::Engine), or a handle's
+/// state that drives several. Dyn-compatible, so engines of different
+/// kinds can be driven together.
 pub(crate) trait Driven: Send + Sync + 'static {
     /// One check of everything driven: detect, and on a change build and
     /// apply. Returns whether the files were exactly those served.
@@ -182,99 +182,6 @@ pub(crate) fn no_reloader() -> Detection {
     }
 }
 
-/// Engines driven by one reloader, checked one after the other at each
-/// wake-up; members may be added and removed while it runs (a member
-/// added shows up at the next check, and in the event watch after it).
-#[derive(Default)]
-// Driven by the tests until the first handle of many engines uses it.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) struct Set {
-    members: Mutex<Vec<Arc<dyn Driven>>>,
-    detection: Mutex<Option<Detection>>,
-    reloader_running: AtomicBool,
-}
-
-#[cfg_attr(not(test), allow(dead_code))]
-impl Set {
-    /// Adds a member; it takes the detection the set shows.
-    pub(crate) fn push(&self, member: Arc<dyn Driven>) {
-        let detection = self.detection().clone();
-        if let Some(detection) = detection {
-            member.set_detection(&detection);
-        }
-        self.members().push(member);
-    }
-
-    /// Keeps the members for which `keep` is true.
-    pub(crate) fn retain(&self, keep: impl FnMut(&Arc<dyn Driven>) -> bool) {
-        self.members().retain(keep);
-    }
-
-    /// The members now, copied out: nothing runs under the lock.
-    pub(crate) fn members_now(&self) -> Vec<Arc<dyn Driven>> {
-        self.members().clone()
-    }
-
-    fn members(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn Driven>>> {
-        self.members.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn detection(&self) -> std::sync::MutexGuard<'_, Option<Detection>> {
-        self.detection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Driven for Set {
-    fn tick(&self) -> BoxFuture<'_, bool> {
-        async move {
-            let mut quiet = true;
-            for member in self.members_now() {
-                quiet &= member.tick().await;
-            }
-            quiet
-        }
-        .boxed()
-    }
-
-    fn check_expiry(&self) {
-        for member in self.members_now() {
-            member.check_expiry();
-        }
-    }
-
-    fn watched_paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self
-            .members_now()
-            .iter()
-            .flat_map(|member| member.watched_paths())
-            .collect();
-        paths.sort();
-        paths.dedup();
-        paths
-    }
-
-    fn set_detection(&self, detection: &Detection) {
-        *self.detection() = Some(detection.clone());
-        for member in self.members_now() {
-            member.set_detection(detection);
-        }
-    }
-
-    fn reloader_flag(&self) -> &AtomicBool {
-        &self.reloader_running
-    }
-}
-
-impl std::fmt::Debug for Set {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Set")
-            .field("members", &self.members().len())
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -284,7 +191,7 @@ mod tests {
     use tls_reload_build::{BuildError, LeafInfo, Resumption};
     use tls_reload_detect::Strategy;
 
-    use super::{Driven, Set};
+    use super::Driven;
     use crate::engine::{Engine, Happening, Kind, Settings, Start, Subscribers};
     use crate::source::DetectorSource;
     use crate::{CertKind, ExpiryWindow};
@@ -362,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn a_set_rebuilds_only_the_member_whose_files_moved() {
+    fn engines_driven_together_rebuild_only_the_one_whose_files_moved() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (a_path, b_path) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a_path, "a1").expect("write");
@@ -371,14 +278,21 @@ mod tests {
         let events = subscribers.subscribe();
         let (a, a_kind) = engine(&a_path, &subscribers);
         let (b, b_kind) = engine(&b_path, &subscribers);
-        let set = Set::default();
-        set.push(a.clone());
-        set.push(b.clone());
-        assert_eq!(set.watched_paths(), [a_path.clone(), b_path.clone()]);
+        let engines: [Arc<dyn Driven>; 2] = [a.clone(), b.clone()];
+        let tick = || {
+            smol::block_on(async {
+                let mut quiet = true;
+                for engine in &engines {
+                    quiet &= engine.tick().await;
+                }
+                quiet
+            })
+        };
+        assert_eq!(a.watched_paths(), std::slice::from_ref(&a_path));
 
-        assert!(smol::block_on(Driven::tick(&set)), "nothing moved");
+        assert!(tick(), "nothing moved");
         std::fs::write(&a_path, "a2").expect("write");
-        assert!(!smol::block_on(Driven::tick(&set)));
+        assert!(!tick());
         assert_eq!(*a.load(), "a2");
         assert_eq!(*b.load(), "b1");
         assert_eq!(a_kind.builds.load(Ordering::SeqCst), 2);
@@ -386,10 +300,5 @@ mod tests {
         assert_eq!((a.snapshot().generation, b.snapshot().generation), (2, 1));
         let seen: Vec<String> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         assert!(seen.contains(&"applied a2".to_owned()), "{seen:?}");
-
-        set.retain(|member| !std::ptr::addr_eq(Arc::as_ptr(member), Arc::as_ptr(&a)));
-        std::fs::write(&a_path, "a3").expect("write");
-        assert!(smol::block_on(Driven::tick(&set)), "a is no longer driven");
-        assert_eq!(*a.load(), "a2");
     }
 }
