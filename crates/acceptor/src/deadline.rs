@@ -39,7 +39,8 @@ use futures::FutureExt;
 
 #[derive(Debug)]
 pub(crate) struct Deadlines {
-    timeout: Duration,
+    /// The timeout in nanoseconds.
+    timeout_ns: u64,
     /// The grain in nanoseconds (at least a millisecond).
     grain_ns: u64,
     origin: Instant,
@@ -50,7 +51,7 @@ pub(crate) struct Deadlines {
 impl Deadlines {
     pub(crate) fn new(timeout: Duration) -> Self {
         Self {
-            timeout,
+            timeout_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
             grain_ns: u64::try_from(
                 (timeout / 32)
                     .clamp(Duration::from_millis(1), Duration::from_millis(250))
@@ -67,11 +68,12 @@ impl Deadlines {
     pub(crate) fn start(&self) -> Option<Deadline> {
         // Integer grains since `origin` (no 128-bit division on the accept
         // path); the instant is only made for a new grain.
-        let exact = Instant::now().checked_add(self.timeout)? - self.origin;
-        let since = exact
+        let now = Instant::now().saturating_duration_since(self.origin);
+        let since = now
             .as_secs()
             .checked_mul(1_000_000_000)?
-            .checked_add(u64::from(exact.subsec_nanos()))?;
+            .checked_add(u64::from(now.subsec_nanos()))?
+            .checked_add(self.timeout_ns)?;
         let number = since.div_ceil(self.grain_ns);
         if let Some(newest) = &*self.newest.load() {
             if newest.number == number {
