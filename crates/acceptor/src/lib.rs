@@ -59,7 +59,9 @@
 //!
 //! `reload_now`, `set_materials` and `set_template` go through the same
 //! steps; a background build that began before one of them is never applied
-//! after it. The accept path takes no lock and never waits for a build.
+//! after it. The accept path loads the config with an atomic load and never
+//! waits for a build; the only lock a handshake touches is its deadline
+//! grain's, held for a few lines to leave its waker and take it back.
 //!
 //! A failure is reported once per cause and set of files, through `tracing`,
 //! [`status`](ReloadingAcceptor::status) and

@@ -7,20 +7,16 @@
 //! shared timer, at most one per 250 ms) makes a few allocations, which the
 //! test bounds by the number of grains the run spans.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures::io::{AsyncRead, AsyncWrite};
 use rustls::pki_types::ServerName;
 use tls_reload_acceptor::{ReloadingAcceptor, Template};
-use tls_reload_testkit::{client_config, provider, write_pair, Ca};
+use tls_reload_testkit::{client_config, provider, write_pair, Ca, Pipe};
 
 /// Allocations a new grain may make (the grain, its timer's waker, its
 /// slots and free list).
@@ -126,84 +122,4 @@ where
     count += allocation_counter::measure(|| drop((served, server))).count_total;
     drop(client);
     count
-}
-
-/// One direction of an in-memory pipe, with room reserved up front so that
-/// writing to it does not allocate.
-struct Half {
-    bytes: VecDeque<u8>,
-    reader: Option<Waker>,
-}
-
-/// One end of an in-memory duplex pipe.
-struct Pipe {
-    incoming: Rc<RefCell<Half>>,
-    outgoing: Rc<RefCell<Half>>,
-}
-
-impl Pipe {
-    fn pair() -> (Pipe, Pipe) {
-        let half = || {
-            Rc::new(RefCell::new(Half {
-                bytes: VecDeque::with_capacity(64 * 1024),
-                reader: None,
-            }))
-        };
-        let (a, b) = (half(), half());
-        (
-            Pipe {
-                incoming: a.clone(),
-                outgoing: b.clone(),
-            },
-            Pipe {
-                incoming: b,
-                outgoing: a,
-            },
-        )
-    }
-}
-
-impl AsyncRead for Pipe {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut half = self.incoming.borrow_mut();
-        if half.bytes.is_empty() {
-            match &mut half.reader {
-                Some(waker) => waker.clone_from(cx.waker()),
-                None => half.reader = Some(cx.waker().clone()),
-            }
-            return Poll::Pending;
-        }
-        let n = buf.len().min(half.bytes.len());
-        for (to, from) in buf.iter_mut().zip(half.bytes.drain(..n)) {
-            *to = from;
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl AsyncWrite for Pipe {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut half = self.outgoing.borrow_mut();
-        half.bytes.extend(buf);
-        if let Some(waker) = &half.reader {
-            waker.wake_by_ref();
-        }
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }

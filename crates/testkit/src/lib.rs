@@ -28,7 +28,7 @@ pub use files::{
     openssl, openssl_self_signed, symlink, write_atomic, write_ca_dir, write_combined,
     write_in_place, write_leaf, write_new, write_pair, SecretVolume,
 };
-pub use io::Silent;
+pub use io::{Pipe, Silent};
 pub use leaks::{assert_no_pem_bytes, byte_list, pem_body_windows, LEAK_WINDOW};
 pub use logs::{init_tracing, Captured};
 pub use pki::{ca_params, ca_pem, key_copy, leaf_params, new_key, rsa_key, Ca, Leaf};
