@@ -63,6 +63,19 @@ impl ReloadingAcceptor {
         }
     }
 
+    /// Starts configuring an acceptor with no default pair: every
+    /// certificate is a named pair, given by
+    /// [`cert_dir`](Builder::cert_dir) or [`pair`](Builder::pair) (at least
+    /// one must build at start-up). Client CAs and CRLs may be set as
+    /// usual. A client that sends no SNI, or a name no pair claims, is
+    /// refused with the `unrecognized_name` alert and counted in
+    /// [`Status::unrecognized_names`]; to tell, the accept path reads the
+    /// ClientHello before it hands the connection to rustls (only in this
+    /// mode).
+    pub fn without_default_pair() -> Builder {
+        Self::builder(Materials::without_identity())
+    }
+
     /// Starts configuring an acceptor for a certificate chain and a private
     /// key in PEM files.
     pub fn from_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Builder {
@@ -79,8 +92,19 @@ impl ReloadingAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let config = self.shared.config();
+        let handshake = match self.shared.refuses_unknown_names() {
+            None => Handshake::Direct(futures_rustls::TlsAcceptor::from(config).accept(io)),
+            Some(table) => Handshake::Hello(Box::new(Hello {
+                io: Some(io),
+                acceptor: rustls::server::Acceptor::default(),
+                seen: Vec::new(),
+                config,
+                table: table.clone(),
+                alert: None,
+            })),
+        };
         Accept {
-            handshake: futures_rustls::TlsAcceptor::from(config).accept(io),
+            handshake,
             timeout: self.shared.deadlines.as_ref().and_then(Deadlines::start),
         }
     }
@@ -405,8 +429,14 @@ impl Builder {
             settings: self.settings.clone(),
             subscribers: subscribers.clone(),
             interval: self.options.interval,
-            require_pairs: false,
+            require_pairs: !self.materials.has_identity(),
         });
+        if named.is_none() && !self.materials.has_identity() {
+            return Err(BuildError::NoPairs {
+                dirs: Vec::new(),
+                first_error: None,
+            });
+        }
         let start = Start {
             kind: ServerKind {
                 sni: named.as_ref().map(|named| named.table.clone()),
@@ -457,8 +487,145 @@ impl fmt::Debug for Builder {
 /// The future of a TLS handshake, from [`ReloadingAcceptor::accept`].
 #[must_use = "futures do nothing unless polled"]
 pub struct Accept<IO> {
-    handshake: futures_rustls::Accept<IO>,
+    handshake: Handshake<IO>,
     timeout: Option<Deadline>,
+}
+
+// The large variant is the usual path: boxing it would cost every accept
+// an allocation, to spare the rare one a few bytes.
+#[allow(clippy::large_enum_variant)]
+enum Handshake<IO> {
+    /// The usual path: futures-rustls from the first byte.
+    Direct(futures_rustls::Accept<IO>),
+    /// Named pairs and no default pair: the ClientHello is read first, so
+    /// that a name no pair serves is refused with `unrecognized_name`
+    /// (rustls itself would send `access_denied`).
+    Hello(Box<Hello<IO>>),
+}
+
+struct Hello<IO> {
+    /// Taken when the handshake proper starts.
+    io: Option<IO>,
+    acceptor: rustls::server::Acceptor,
+    /// The bytes read so far, handed to the connection once the name is
+    /// known to be served.
+    seen: Vec<u8>,
+    config: Arc<ServerConfig>,
+    table: Arc<SniResolver>,
+    /// An alert being written (bytes, how many written), then the error.
+    alert: Option<(Vec<u8>, usize, io::Error)>,
+}
+
+/// A fatal `unrecognized_name` alert record (RFC 6066, 3), in plaintext as
+/// every alert before the handshake keys is.
+const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// The most a ClientHello may take before it is refused.
+const MAX_HELLO: usize = 64 * 1024;
+
+// Moved once, from the ClientHello read to the handshake.
+#[allow(clippy::large_enum_variant)]
+enum HelloStep<IO> {
+    Pending,
+    Start(futures_rustls::Accept<IO>),
+    Failed(io::Error),
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Hello<IO> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> HelloStep<IO> {
+        let Some(io) = self.io.as_mut() else {
+            return HelloStep::Failed(io::Error::other("polled after the handshake started"));
+        };
+        loop {
+            if let Some((bytes, written, _)) = &mut self.alert {
+                while *written < bytes.len() {
+                    match Pin::new(&mut *io).poll_write(cx, &bytes[*written..]) {
+                        Poll::Pending => return HelloStep::Pending,
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                        Poll::Ready(Ok(n)) => *written += n,
+                    }
+                }
+                if Pin::new(&mut *io).poll_flush(cx).is_pending() {
+                    return HelloStep::Pending;
+                }
+                let error = self
+                    .alert
+                    .take()
+                    .map_or_else(|| io::Error::other("alert sent"), |(_, _, error)| error);
+                return HelloStep::Failed(error);
+            }
+            let mut buf = [0u8; 4096];
+            let n = match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => return HelloStep::Pending,
+                Poll::Ready(Err(error)) => return HelloStep::Failed(error),
+                Poll::Ready(Ok(0)) => {
+                    return HelloStep::Failed(io::ErrorKind::UnexpectedEof.into());
+                }
+                Poll::Ready(Ok(n)) => n,
+            };
+            if self.seen.len() + n > MAX_HELLO {
+                return HelloStep::Failed(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "ClientHello too large",
+                ));
+            }
+            self.seen.extend_from_slice(&buf[..n]);
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                if let Err(error) = self.acceptor.read_tls(&mut rest) {
+                    return HelloStep::Failed(io::Error::new(io::ErrorKind::InvalidData, error));
+                }
+            }
+            let accepted = match self.acceptor.accept() {
+                Ok(None) => continue,
+                Ok(Some(accepted)) => accepted,
+                Err((error, alert)) => {
+                    let mut bytes = Vec::new();
+                    let mut alert = alert;
+                    let _ = alert.write_all(&mut bytes);
+                    let error = io::Error::new(io::ErrorKind::InvalidData, error);
+                    self.alert = Some((bytes, 0, error));
+                    continue;
+                }
+            };
+            let hello = accepted.client_hello();
+            let name = hello.server_name();
+            if !self.table.serves(name) {
+                self.table.count_refusal();
+                tracing::debug!(
+                    server_name = name.unwrap_or("(none)"),
+                    "no pair serves the server name and there is no default pair: \
+                     refused with unrecognized_name"
+                );
+                let error = io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "no certificate for the server name asked for (unrecognized_name)",
+                );
+                self.alert = Some((UNRECOGNIZED_NAME.to_vec(), 0, error));
+                continue;
+            }
+            let Some(io) = self.io.take() else {
+                return HelloStep::Failed(io::Error::other("no stream"));
+            };
+            let seen = std::mem::take(&mut self.seen);
+            let accept = futures_rustls::TlsAcceptor::from(self.config.clone()).accept_with(
+                io,
+                move |connection| {
+                    let mut rest = &seen[..];
+                    while !rest.is_empty() {
+                        match connection.read_tls(&mut rest) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    // An error leaves its alert queued: the handshake
+                    // sends it and fails.
+                    let _ = connection.process_new_packets();
+                },
+            );
+            return HelloStep::Start(accept);
+        }
+    }
 }
 
 impl<IO> Future for Accept<IO>
@@ -468,8 +635,17 @@ where
     type Output = io::Result<TlsStream<IO>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(result) = Pin::new(&mut self.handshake).poll(cx) {
-            return Poll::Ready(result);
+        if let Handshake::Hello(hello) = &mut self.handshake {
+            match hello.poll(cx) {
+                HelloStep::Pending => {}
+                HelloStep::Failed(error) => return Poll::Ready(Err(error)),
+                HelloStep::Start(accept) => self.handshake = Handshake::Direct(accept),
+            }
+        }
+        if let Handshake::Direct(handshake) = &mut self.handshake {
+            if let Poll::Ready(result) = Pin::new(handshake).poll(cx) {
+                return Poll::Ready(result);
+            }
         }
         let timed_out = match self.timeout.as_mut() {
             Some(deadline) => deadline.poll_passed(cx).is_ready(),

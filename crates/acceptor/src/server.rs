@@ -50,7 +50,7 @@ impl Kind for ServerKind {
         };
         // Called where the engine applies a build: the default follows it.
         // The copy shares the build's session storage and ticketer.
-        sni.set_default(Some(built.certified_key().clone()));
+        sni.set_default(built.certified_key().cloned());
         let mut config = ServerConfig::clone(built.config());
         config.cert_resolver = sni.clone();
         Arc::new(config)
@@ -65,7 +65,7 @@ impl Kind for ServerKind {
     }
 
     fn leaf<'a>(&self, built: &'a Built) -> Option<&'a LeafInfo> {
-        Some(built.leaf())
+        Some(built.leaf()).filter(|leaf| !leaf.is_placeholder())
     }
 
     fn resumption(&self, built: &Built) -> Resumption {
@@ -73,7 +73,9 @@ impl Kind for ServerKind {
     }
 
     fn expiring(&self, built: &Built) -> Vec<(CertKind, LeafInfo)> {
-        std::iter::once((CertKind::Leaf, built.leaf().clone()))
+        let leaf = Some(built.leaf()).filter(|leaf| !leaf.is_placeholder());
+        leaf.map(|leaf| (CertKind::Leaf, leaf.clone()))
+            .into_iter()
             .chain(
                 built
                     .client_cas()
@@ -115,6 +117,9 @@ pub(crate) struct Shared {
     pub(crate) engine: Engine<ServerKind>,
     /// The named pairs (SNI), if any.
     pub(crate) named: Option<Arc<Named>>,
+    /// The SNI table, when there is no default pair: the accept path then
+    /// reads the ClientHello first and refuses unknown names itself.
+    refuse_unknown: Option<Arc<SniResolver>>,
     /// Handshake deadlines, when handshakes have a timeout.
     pub(crate) deadlines: Option<Deadlines>,
     /// How the reloader waits.
@@ -159,9 +164,16 @@ impl Shared {
         options: Options,
         deadlines: Option<Deadlines>,
     ) -> Arc<Self> {
+        let refuse_unknown = match &named {
+            Some(named) if !engine.snapshot().materials.has_identity() => {
+                Some(named.table().clone())
+            }
+            _ => None,
+        };
         Arc::new(Self {
             engine,
             named,
+            refuse_unknown,
             deadlines,
             options,
             lifeline: Lifeline::new(),
@@ -171,6 +183,11 @@ impl Shared {
     /// What the reloader drives: the engine, then the named pairs.
     pub(crate) fn driven(&self) -> &dyn Driven {
         self
+    }
+
+    /// The SNI table when unknown names are refused (no default pair).
+    pub(crate) fn refuses_unknown_names(&self) -> Option<&Arc<SniResolver>> {
+        self.refuse_unknown.as_ref()
     }
 
     /// The config for a new handshake: one atomic load, no lock.

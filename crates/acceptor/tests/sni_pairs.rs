@@ -387,3 +387,126 @@ fn mtls_applies_to_every_pair_of_a_directory() {
         refused.await.expect_err("no client certificate");
     });
 }
+
+#[test]
+fn without_a_default_pair_unknown_names_are_refused_with_unrecognized_name() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("CA");
+        write_combined(
+            dir.path(),
+            "a",
+            &ca.named_leaf(0x1001, &["a.example.com"], new_key()),
+        );
+        write_combined(
+            dir.path(),
+            "wild",
+            &ca.named_leaf(0x1002, &["*.example.com"], new_key()),
+        );
+        let acceptor = ReloadingAcceptor::without_default_pair()
+            .template(Template::new(provider()))
+            .cert_dir(dir.path())
+            .build()
+            .await
+            .expect("starts");
+        let server = serve::<Smol>(&acceptor, Serve::SpawnPerConnection).expect("serve");
+        let client = sni_client_config(&ca, None);
+        let served = |name: &'static str, sni: bool| {
+            let client = client.clone();
+            async move {
+                let mut stream = tls_connect_to(server.addr, &client, name, sni).await?;
+                echo_round_trip(&mut stream, b"ping").await?;
+                Ok::<_, std::io::Error>(served_serial(&stream))
+            }
+        };
+        assert_eq!(served("a.example.com", true).await.expect("a"), "1001");
+        assert_eq!(served("b.example.com", true).await.expect("wild"), "1002");
+        for (name, sni) in [
+            ("a.b.example.com", true),
+            ("other.test", true),
+            ("a.example.com", false),
+        ] {
+            let err = served(name, sni).await.expect_err("refused");
+            assert!(
+                err.to_string().contains("UnrecognisedName"),
+                "{name}: {err}"
+            );
+        }
+        let status = acceptor.status();
+        assert_eq!(status.unrecognized_names, 3);
+        assert!(status.leaf.is_placeholder());
+        assert_eq!(status.pairs.len(), 2);
+
+        // Start-up errors: an empty directory, an unreadable one.
+        let empty = tempfile::tempdir().expect("tempdir");
+        for bad in [empty.path().to_owned(), dir.path().join("missing")] {
+            let err = ReloadingAcceptor::without_default_pair()
+                .template(Template::new(provider()))
+                .cert_dir(&bad)
+                .build()
+                .await
+                .expect_err("nothing to serve");
+            assert!(err.to_string().contains(&*bad.to_string_lossy()), "{err}");
+        }
+        // Only broken pairs: an error naming the first one's file.
+        let broken = tempfile::tempdir().expect("tempdir");
+        write_new(
+            broken.path(),
+            "x.pem",
+            ca.named_leaf(0x1003, &["x.test"], new_key()).cert_pem(),
+        );
+        let err = ReloadingAcceptor::without_default_pair()
+            .template(Template::new(provider()))
+            .cert_dir(broken.path())
+            .build()
+            .await
+            .expect_err("no pair builds");
+        assert!(err.to_string().contains("x.pem"), "{err}");
+    });
+}
+
+#[test]
+fn mtls_with_only_a_directory_of_pairs() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("CA");
+        let clients = Ca::new("client CA");
+        let pairs = dir.path().join("pairs");
+        std::fs::create_dir(&pairs).expect("mkdir");
+        write_combined(
+            &pairs,
+            "a",
+            &ca.named_leaf(0x1001, &["a.example.com"], new_key()),
+        );
+        let ca_file = write_new(dir.path(), "clients.pem", clients.pem());
+        let acceptor = ReloadingAcceptor::without_default_pair()
+            .template(Template::new(provider()))
+            .cert_dir(&pairs)
+            .client_ca(&ca_file)
+            .build()
+            .await
+            .expect("starts");
+        let server = serve::<Smol>(&acceptor, Serve::SpawnPerConnection).expect("serve");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der()).expect("root");
+        let leaf = clients.localhost_leaf();
+        let with_cert = Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(leaf.chain_der(), leaf.key_der())
+                .expect("client cert"),
+        );
+        let mut stream = tls_connect_to(server.addr, &with_cert, "a.example.com", true)
+            .await
+            .expect("with a client certificate");
+        echo_round_trip(&mut stream, b"ping").await.expect("echo");
+        let without = sni_client_config(&ca, None);
+        let refused = async {
+            let mut stream = tls_connect_to(server.addr, &without, "a.example.com", true).await?;
+            echo_round_trip(&mut stream, b"ping").await
+        };
+        refused.await.expect_err("no client certificate");
+    });
+}

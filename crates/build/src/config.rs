@@ -22,7 +22,7 @@ use crate::{BuildError, ClientAuth, LeafInfo, MaterialBytes, Materials, Template
 /// A built server config, with what a status page needs to know about it.
 pub struct Built {
     config: Arc<ServerConfig>,
-    certified: Arc<CertifiedKey>,
+    certified: Option<Arc<CertifiedKey>>,
     leaf: LeafInfo,
     files: Vec<PathBuf>,
     resumption: Resumption,
@@ -57,9 +57,10 @@ impl Built {
     }
 
     /// The chain and signing key the config serves, for a certificate
-    /// resolver of your own (an SNI resolver's default pair, say).
-    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
-        &self.certified
+    /// resolver of your own (an SNI resolver's default pair, say); `None`
+    /// for [`Materials::without_identity`].
+    pub fn certified_key(&self) -> Option<&Arc<CertifiedKey>> {
+        self.certified.as_ref()
     }
 
     /// The served leaf certificate.
@@ -145,15 +146,23 @@ pub fn build_from_bytes(
     previous: Option<&Built>,
 ) -> Result<Built, BuildError> {
     let provider = &template.provider;
-    let Identity {
-        certified, leaf, ..
-    } = identity(
-        (&bytes.cert.path, &bytes.cert.bytes),
-        Some((&bytes.key.path, &bytes.key.bytes)),
-        bytes.passphrase(),
-        provider,
-        template.check_validity,
-    )?;
+    // Without a certificate and key (trust only), the config resolves
+    // nothing until its user gives it a resolver.
+    let has_identity = !bytes.cert.path.as_os_str().is_empty();
+    let (certified, leaf) = if has_identity {
+        let Identity {
+            certified, leaf, ..
+        } = identity(
+            (&bytes.cert.path, &bytes.cert.bytes),
+            Some((&bytes.key.path, &bytes.key.bytes)),
+            bytes.passphrase(),
+            provider,
+            template.check_validity,
+        )?;
+        (Some(Arc::new(certified)), leaf)
+    } else {
+        (None, LeafInfo::placeholder())
+    };
 
     let trust = Trust::load(bytes, template, previous)?;
 
@@ -164,9 +173,11 @@ pub fn build_from_bytes(
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let certified = Arc::new(certified);
-    let mut config =
-        builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
+    let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match &certified {
+        Some(certified) => Arc::new(SingleCertAndKey::from(certified.clone())),
+        None => Arc::new(rustls::server::ResolvesServerCertUsingSni::new()),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = template.alpn.clone();
 
     let continuity = trust.digest;

@@ -556,6 +556,9 @@ struct DisplayPaths<'a>(&'a [PathBuf]);
 
 impl fmt::Display for DisplayPaths<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no certificate directory or named pair given");
+        }
         for (i, path) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;

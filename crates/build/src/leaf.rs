@@ -57,6 +57,25 @@ impl LeafInfo {
         Ok(Self::from_x509(&cert, der))
     }
 
+    /// What a build without a certificate shows
+    /// ([`Materials::without_identity`](crate::Materials::without_identity)):
+    /// serial `00`, no subject, the epoch as both dates, zero fingerprint.
+    pub fn placeholder() -> Self {
+        Self {
+            serial: vec![0],
+            subject: String::new(),
+            not_before: UNIX_EPOCH,
+            not_after: UNIX_EPOCH,
+            sha256: [0; 32],
+        }
+    }
+
+    /// Whether this is the [`placeholder`](LeafInfo::placeholder) of a
+    /// build without a certificate.
+    pub fn is_placeholder(&self) -> bool {
+        self.sha256 == [0; 32] && self.subject.is_empty()
+    }
+
     /// The start of the validity period as RFC 3339 UTC, `2026-01-01T00:00:00Z`.
     pub fn not_before_rfc3339(&self) -> String {
         Rfc3339(self.not_before).to_string()

@@ -16,6 +16,8 @@ use zeroize::Zeroize;
 pub struct Materials {
     cert: PathBuf,
     key: PathBuf,
+    /// False: no certificate and key (see [`Materials::without_identity`]).
+    identity: bool,
     client_ca: Option<PathBuf>,
     client_ca_dir: Option<PathBuf>,
     crls: Vec<PathBuf>,
@@ -28,11 +30,32 @@ impl Materials {
         Self {
             cert: cert.into(),
             key: key.into(),
+            identity: true,
             client_ca: None,
             client_ca_dir: None,
             crls: Vec::new(),
             key_passphrase_file: None,
         }
+    }
+
+    /// Materials without a certificate and key of their own: only the
+    /// trust (client CAs, CRLs), for a server whose certificates all come
+    /// from its own resolver (named pairs chosen by SNI, say). The built
+    /// config resolves no certificate until you give it a resolver;
+    /// [`Built::leaf`](crate::Built::leaf) is then an empty placeholder
+    /// (serial `00`, the epoch as its dates) and
+    /// [`Built::certified_key`](crate::Built::certified_key) is `None`.
+    pub fn without_identity() -> Self {
+        Self {
+            identity: false,
+            ..Self::new("", "")
+        }
+    }
+
+    /// Whether there is a certificate and key (see
+    /// [`without_identity`](Materials::without_identity)).
+    pub fn has_identity(&self) -> bool {
+        self.identity
     }
 
     /// Trusts every certificate in this PEM bundle to issue client certificates (mTLS).
@@ -107,10 +130,14 @@ impl Materials {
         self.key_passphrase_file.as_deref()
     }
 
-    /// Everything to watch: the certificate, the key, then the CA file, the
-    /// CA directory, each CRL file and the key passphrase file when set.
+    /// Everything to watch: the certificate, the key (when there are), then
+    /// the CA file, the CA directory, each CRL file and the key passphrase
+    /// file when set.
     pub fn paths(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.cert.clone(), self.key.clone()];
+        let mut paths = Vec::new();
+        if self.identity {
+            paths.extend([self.cert.clone(), self.key.clone()]);
+        }
         paths.extend(self.client_ca.clone());
         paths.extend(self.client_ca_dir.clone());
         paths.extend(self.crls.iter().cloned());
@@ -255,8 +282,15 @@ impl MaterialBytes {
                 bytes,
             })
         };
-        let cert = read(materials.cert())?;
-        let key = read(materials.key())?;
+        let (cert, key) = if materials.has_identity() {
+            (read(materials.cert())?, read(materials.key())?)
+        } else {
+            let none = || Named {
+                path: PathBuf::new(),
+                bytes: Vec::new(),
+            };
+            (none(), none())
+        };
         // From here on the key is held by `bytes`, which wipes it on drop,
         // whatever fails next.
         let mut bytes = Self {
@@ -293,6 +327,7 @@ impl MaterialBytes {
     pub fn names(&self) -> impl Iterator<Item = &Path> + '_ {
         [&self.cert, &self.key]
             .into_iter()
+            .filter(|named| !named.path.as_os_str().is_empty())
             .chain(&self.client_cas)
             .chain(&self.crls)
             .chain(&self.key_passphrase)
