@@ -619,3 +619,111 @@ async fn https_get(
     .await?;
     Ok((String::from_utf8_lossy(&response).into_owned(), serial))
 }
+
+/// The served leaf's serial for a client asking for `name` (SNI), trusting
+/// `ca`.
+fn fetch_serial_for(addr: SocketAddr, ca: &Ca, name: &str) -> std::io::Result<String> {
+    use tls_reload_testkit::{sni_client_config, tls_connect_to};
+    let config = sni_client_config(ca, None);
+    smol::block_on(async {
+        let stream = tls_connect_to(addr, &config, name, true).await?;
+        Ok(served_serial(&stream))
+    })
+}
+
+#[test]
+fn cert_dir_serves_named_pairs_and_prints_their_lines() {
+    use tls_reload_testkit::{new_key, write_combined};
+    for name in SERVERS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("SNI CA");
+        let pairs = dir.path().join("pairs");
+        std::fs::create_dir(&pairs).expect("mkdir");
+        write_combined(
+            &pairs,
+            "a",
+            &ca.named_leaf(0x1801, &["a.example.com"], new_key()),
+        );
+        write_combined(
+            &pairs,
+            "b",
+            &ca.named_leaf(0x1802, &["*.b.example.com"], new_key()),
+        );
+        // --cert-dir alone: no default pair.
+        let server = Server::start(
+            name,
+            &["--cert-dir", path_str(&pairs), "--interval-ms", "20"],
+        );
+        let served = fetch_serial_for(server.addr, &ca, "a.example.com").expect("a");
+        assert_eq!(served, "1801", "{name}");
+        let served = fetch_serial_for(server.addr, &ca, "x.b.example.com").expect("b");
+        assert_eq!(served, "1802", "{name}");
+        let refused = fetch_serial_for(server.addr, &ca, "other.test").expect_err("unknown");
+        assert!(
+            refused.to_string().contains("UnrecognisedName"),
+            "{name}: {refused}"
+        );
+        assert!(
+            server.drain().is_empty(),
+            "{name}: nothing at start-up: {:?}",
+            server.seen()
+        );
+
+        // Added, replaced: `reload applied name=STEM serial=HEX`.
+        let c = ca.named_leaf(0x1803, &["c.example.com"], new_key());
+        write_atomic(&pairs.join("c.pem"), c.cert_pem() + &c.key_pem());
+        assert_eq!(
+            server.expect_line("reload applied "),
+            "reload applied name=c serial=1803"
+        );
+        let a = ca.named_leaf(0x1811, &["a.example.com"], new_key());
+        write_atomic(&pairs.join("a.pem"), a.cert_pem() + &a.key_pem());
+        assert_eq!(
+            server.expect_line("reload applied "),
+            "reload applied name=a serial=1811"
+        );
+        assert_eq!(
+            fetch_serial_for(server.addr, &ca, "a.example.com").expect("a"),
+            "1811"
+        );
+
+        // Broken: `reload failed: MESSAGE` naming the file; still served.
+        write_atomic(&pairs.join("b.pem"), "not a pair");
+        let failed = server.expect_line("reload failed: ");
+        assert!(
+            failed.contains(path_str(&pairs.join("b.pem"))),
+            "{name}: {failed}"
+        );
+        assert_eq!(
+            fetch_serial_for(server.addr, &ca, "x.b.example.com").expect("b"),
+            "1802"
+        );
+
+        // Removed: `reload removed name=STEM`.
+        std::fs::remove_file(pairs.join("c.pem")).expect("rm");
+        assert_eq!(
+            server.expect_line("reload removed "),
+            "reload removed name=c"
+        );
+    }
+}
+
+#[test]
+fn cert_dir_alone_with_nothing_to_serve_is_a_start_up_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    for name in SERVERS {
+        for bad in [dir.path(), missing.as_path()] {
+            let out = run_to_exit(name, &["--cert-dir", path_str(bad)]);
+            assert!(!out.status.success(), "{name} {}", bad.display());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(path_str(bad)), "{name}: {stderr}");
+        }
+        let out = run_to_exit(name, &["--cert", "c"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--key"),
+            "{name}"
+        );
+    }
+}

@@ -42,7 +42,7 @@ fn help_is_returned_not_acted_on() {
     let args = parse("--cert c --key k --listen 127.0.0.1:0")
         .expect("parses")
         .expect("not help");
-    assert_eq!(args.cert, Path::new("c"));
+    assert_eq!(args.cert.as_deref(), Some(Path::new("c")));
 }
 
 /// Inputs whose addresses would be looked up in DNS are skipped by the

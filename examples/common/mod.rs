@@ -12,7 +12,8 @@ use tls_reload::acceptor::{Builder, ReloadEvent, ReloadingAcceptor, TlsStream};
 use tls_reload::detect::Strategy;
 
 pub(crate) const USAGE: &str = "\
-usage: --cert FILE --key FILE [--key-passphrase-file FILE] [--client-ca FILE] [--client-ca-dir DIR]
+usage: --cert FILE --key FILE and/or --cert-dir DIR (repeatable: named pairs STEM.crt + STEM.key or STEM.pem, by SNI)
+       [--key-passphrase-file FILE] [--client-ca FILE] [--client-ca-dir DIR]
        [--crl FILE (repeatable; needs a client CA)] [--interval-ms N (default 1000)]
        [--listen ADDR (default 127.0.0.1:8443; port 0 picks one)] [--detector hash|metadata|combined (default combined)]
        [--handshake-timeout-ms N (default 10000)] [--events on|off (default on)]";
@@ -20,8 +21,11 @@ usage: --cert FILE --key FILE [--key-passphrase-file FILE] [--client-ca FILE] [-
 /// The parsed command line.
 #[derive(Debug)]
 pub(crate) struct Args {
-    pub(crate) cert: PathBuf,
-    pub(crate) key: PathBuf,
+    /// The default pair; optional with `--cert-dir`.
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    /// Directories of named pairs, served by SNI.
+    pub(crate) cert_dirs: Vec<PathBuf>,
     pub(crate) client_ca: Option<PathBuf>,
     pub(crate) client_ca_dir: Option<PathBuf>,
     /// CRL files (PEM), each checked against the client CAs.
@@ -64,6 +68,7 @@ impl Args {
         let mut handshake_timeout = Duration::from_millis(10_000);
         let mut events = true;
         let (mut crls, mut key_passphrase_file) = (Vec::new(), None);
+        let mut cert_dirs = Vec::new();
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -89,6 +94,7 @@ impl Args {
             match flag.as_str() {
                 "--cert" => cert = Some(PathBuf::from(value()?)),
                 "--key" => key = Some(PathBuf::from(value()?)),
+                "--cert-dir" => cert_dirs.push(PathBuf::from(value()?)),
                 "--client-ca" => client_ca = Some(PathBuf::from(value()?)),
                 "--client-ca-dir" => client_ca_dir = Some(PathBuf::from(value()?)),
                 "--crl" => crls.push(PathBuf::from(value()?)),
@@ -112,9 +118,18 @@ impl Args {
             .map_err(|e| format!("--listen {listen}: {e}"))?
             .next()
             .ok_or_else(|| format!("--listen {listen}: no address"))?;
+        match (&cert, &key) {
+            (Some(_), None) => return Err("--key is required with --cert".into()),
+            (None, Some(_)) => return Err("--cert is required with --key".into()),
+            (None, None) if cert_dirs.is_empty() => {
+                return Err("--cert and --key are required (or --cert-dir)".into())
+            }
+            _ => {}
+        }
         Ok(Some(Self {
-            cert: cert.ok_or("--cert is required")?,
-            key: key.ok_or("--key is required")?,
+            cert,
+            key,
+            cert_dirs,
             client_ca,
             client_ca_dir,
             crls,
@@ -128,9 +143,18 @@ impl Args {
     }
 
     /// The acceptor these arguments describe; client certificates are
-    /// required when a client CA is given.
+    /// required when a client CA is given. Without `--cert`/`--key`, only
+    /// the named pairs of `--cert-dir` are served (an unknown name is
+    /// refused with `unrecognized_name`).
     pub(crate) fn acceptor(&self) -> Builder {
-        let mut builder = ReloadingAcceptor::from_files(&self.cert, &self.key)
+        let mut builder = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => ReloadingAcceptor::from_files(cert, key),
+            _ => ReloadingAcceptor::without_default_pair(),
+        };
+        for dir in &self.cert_dirs {
+            builder = builder.cert_dir(dir);
+        }
+        builder = builder
             .interval(self.interval)
             .strategy(self.detector)
             .events(self.events)
@@ -188,13 +212,18 @@ pub(crate) fn say(line: std::fmt::Arguments<'_>) {
 }
 
 /// Prints one stdout line per applied or failed reload, and per expiry
-/// warning (`certificate expires soon: ...`, `certificate expired: ...`).
+/// warning (`certificate expires soon: ...`, `certificate expired: ...`);
+/// for named pairs, `reload applied name=STEM serial=HEX`, `reload failed:
+/// MESSAGE` and `reload removed name=STEM`.
 pub(crate) async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> + Unpin) {
     while let Some(event) = events.next().await {
         if matches!(
             event,
             ReloadEvent::Applied { .. }
                 | ReloadEvent::Failed { .. }
+                | ReloadEvent::PairApplied { .. }
+                | ReloadEvent::PairFailed { .. }
+                | ReloadEvent::PairRemoved { .. }
                 | ReloadEvent::ExpiresSoon { .. }
                 | ReloadEvent::Expired { .. }
         ) {

@@ -52,12 +52,18 @@ pub(crate) fn example_args(data: &[u8]) {
 /// added here too (the round trip fails on the first input that uses it).
 fn flags_of(args: &Args) -> Vec<String> {
     let path = |p: &std::path::Path| p.to_str().expect("parsed from a String").to_owned();
-    let mut flags = vec![
-        "--cert".to_owned(),
-        path(&args.cert),
-        "--key".to_owned(),
-        path(&args.key),
-    ];
+    let mut flags = Vec::new();
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        flags.extend([
+            "--cert".to_owned(),
+            path(cert),
+            "--key".to_owned(),
+            path(key),
+        ]);
+    }
+    for dir in &args.cert_dirs {
+        flags.extend(["--cert-dir".to_owned(), path(dir)]);
+    }
     if let Some(file) = &args.client_ca {
         flags.extend(["--client-ca".to_owned(), path(file)]);
     }

@@ -345,6 +345,9 @@ async fn report_reloads(mut events: impl Stream<Item = ReloadEvent> + Unpin) {
             event,
             ReloadEvent::Applied { .. }
                 | ReloadEvent::Failed { .. }
+                | ReloadEvent::PairApplied { .. }
+                | ReloadEvent::PairFailed { .. }
+                | ReloadEvent::PairRemoved { .. }
                 | ReloadEvent::ExpiresSoon { .. }
                 | ReloadEvent::Expired { .. }
         ) {

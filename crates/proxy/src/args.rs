@@ -19,6 +19,7 @@ use crate::access::Allow;
 /// One line on how to call the proxy, printed after an argument error.
 pub(crate) const USAGE: &str = "\
 usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE
+                        [--cert-dir DIR]... (named pairs by SNI; --cert/--key then optional)
                         [--target-tls --target-ca FILE [--target-cert FILE --target-key FILE]
                          [--target-name NAME]]
                         [--key-passphrase-file FILE] [--client-ca FILE] [--client-ca-dir DIR]
@@ -36,6 +37,7 @@ The certificate, key, client CAs and CRLs are re-read when they change on disk
 (and on SIGHUP); open connections keep going, new ones get the new files.
 
 usage: tls-reload-proxy --listen ADDR --target HOST:PORT --cert FILE --key FILE [options]
+       tls-reload-proxy --listen ADDR --target HOST:PORT --cert-dir DIR [options]
 
 required:
   --listen ADDR              address to accept TLS on, e.g. 0.0.0.0:6380
@@ -47,7 +49,15 @@ required:
   --key FILE                 PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1,
                              or encrypted PKCS#8 with --key-passphrase-file)
                              Without --cert and --key the listener is plaintext
-                             (client mode: give --target-tls)
+                             (client mode: give --target-tls), unless --cert-dir
+                             is given
+  --cert-dir DIR             named pairs chosen by SNI: STEM.crt + STEM.key or
+                             STEM.pem (chain and key), served for the DNS names
+                             of each certificate; each reloads on its own, pairs
+                             come and go with their files; repeatable. With
+                             --cert/--key those are the default pair; without,
+                             an unknown name (or no SNI) is refused with the
+                             unrecognized_name alert
 
 client mode (TLS towards the target, files reloaded as the listener's are):
   --target-tls               originate TLS to the target
@@ -153,6 +163,10 @@ struct Cli {
     /// PKCS#8 with --key-passphrase-file)
     #[arg(long, value_name = "FILE", value_parser = file, help_heading = "Required")]
     key: Option<PathBuf>,
+    /// named pairs chosen by SNI (STEM.crt + STEM.key or STEM.pem);
+    /// repeatable
+    #[arg(long = "cert-dir", value_name = "DIR", value_parser = file, help_heading = "Required")]
+    cert_dirs: Vec<PathBuf>,
     /// originate TLS to the target
     #[arg(long, help_heading = "Client mode")]
     target_tls: bool,
@@ -257,6 +271,9 @@ pub(crate) struct Args {
     pub(crate) cert: Option<PathBuf>,
     /// The private key file; `None` for a plaintext listener.
     pub(crate) key: Option<PathBuf>,
+    /// Directories of named pairs, served by SNI (with or without
+    /// `cert`/`key`, the default pair).
+    pub(crate) cert_dirs: Vec<PathBuf>,
     /// TLS towards the target (client mode).
     pub(crate) target_tls: Option<TargetTls>,
     /// A client CA bundle, for mTLS.
@@ -347,8 +364,15 @@ impl Args {
     /// The acceptor these arguments describe, for a TLS listener; client
     /// certificates are required when a client CA is given.
     pub(crate) fn acceptor(&self) -> Option<Builder> {
-        let (cert, key) = (self.cert.as_ref()?, self.key.as_ref()?);
-        let mut builder = ReloadingAcceptor::from_files(cert, key)
+        let mut builder = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => ReloadingAcceptor::from_files(cert, key),
+            _ if !self.cert_dirs.is_empty() => ReloadingAcceptor::without_default_pair(),
+            _ => return None,
+        };
+        for dir in &self.cert_dirs {
+            builder = builder.cert_dir(dir);
+        }
+        builder = builder
             .interval(self.interval)
             .events(self.events)
             .handshake_timeout(self.handshake_timeout);
@@ -487,7 +511,7 @@ impl Cli {
         let target_tls = self.target_tls()?;
         match (&self.cert, &self.key) {
             (Some(_), Some(_)) => {}
-            (None, None) if target_tls.is_some() => {}
+            (None, None) if target_tls.is_some() || !self.cert_dirs.is_empty() => {}
             (None, None) => {
                 return Err("--cert is required: plaintext on both sides is refused (give --cert and --key for TLS to clients, or --target-tls for TLS to the target)".into())
             }
@@ -498,6 +522,7 @@ impl Cli {
             listen: self.listen,
             cert: self.cert,
             key: self.key,
+            cert_dirs: self.cert_dirs,
             target_tls,
             target: self.target,
             client_ca: self.client_ca,
@@ -761,6 +786,23 @@ mod tests {
     }
 
     #[test]
+    fn cert_dir_makes_cert_and_key_optional() {
+        let only = "--listen 127.0.0.1:0 --target 127.0.0.1:6379";
+        let args = run(&format!("{only} --cert-dir a --cert-dir=b"));
+        assert_eq!((&args.cert, &args.key), (&None, &None));
+        assert_eq!(args.cert_dirs, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert!(
+            args.acceptor().is_some(),
+            "TLS to clients, named pairs only"
+        );
+        let args = run(&format!("{BASE} --cert-dir a"));
+        assert_eq!(args.cert, Some(PathBuf::from("c.pem")));
+        assert!(args_err(&format!("{only} --cert-dir a --cert c")).contains("--key is required"));
+        assert!(args_err(only).contains("--cert is required"));
+        assert!(args_err(&format!("{only} --cert-dir=")).contains("--cert-dir"));
+    }
+
+    #[test]
     fn a_target_host_is_kept_for_resolving_later() {
         let args = run("--listen 127.0.0.1:0 --target localhost:6379 --cert c --key k");
         assert_eq!(args.target, Target::Host("localhost:6379".into()));
@@ -777,6 +819,7 @@ mod tests {
             "--target",
             "--cert",
             "--key",
+            "--cert-dir",
             "--key-passphrase-file",
             "--client-ca",
             "--client-ca-dir",
