@@ -1,5 +1,6 @@
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use futures::future::try_join_all;
@@ -10,7 +11,11 @@ use crate::{DetectError, Detector, Fingerprint, Strategy, DEFAULT_MAX_FILE_SIZE}
 ///
 /// Its fingerprint has a part per watched file (a directory contributes its
 /// files), so a [`Change`](crate::Change) names exactly what moved. The
-/// detectors run concurrently; the first error wins.
+/// detectors run concurrently; the first error wins. When every one can take
+/// its fingerprint on a blocking thread
+/// ([`blocking_fingerprint`](Detector::blocking_fingerprint): the built-in
+/// strategies can), they all take it in one trip to the blocking pool, one
+/// after the other.
 ///
 /// ```no_run
 /// use tls_reload_detect::{Composite, Strategy};
@@ -18,10 +23,15 @@ use crate::{DetectError, Detector, Fingerprint, Strategy, DEFAULT_MAX_FILE_SIZE}
 /// ```
 #[derive(Default)]
 pub struct Composite {
-    members: Vec<(PathBuf, Box<dyn Detector>)>,
+    members: Members,
+    /// A member has no blocking way: every check goes through `fingerprint`.
+    async_only: AtomicBool,
     /// The members' last fingerprints and the set's, made of them.
     last: Mutex<Option<(Vec<Fingerprint>, Fingerprint)>>,
 }
+
+/// Shared with the blocking pool for one check.
+type Members = Arc<Vec<(PathBuf, Arc<dyn Detector>)>>;
 
 impl Composite {
     /// An empty set; its fingerprint never changes.
@@ -59,7 +69,7 @@ impl Composite {
         path: impl Into<PathBuf>,
         detector: impl Detector + 'static,
     ) -> &mut Self {
-        self.members.push((path.into(), Box::new(detector)));
+        Arc::make_mut(&mut self.members).push((path.into(), Arc::new(detector)));
         *self.last.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
         self
     }
@@ -88,19 +98,14 @@ impl std::fmt::Debug for Composite {
     }
 }
 
-#[async_trait]
-impl Detector for Composite {
-    async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
-        let parts = try_join_all(
-            self.members
-                .iter()
-                .map(|(_, detector)| detector.fingerprint()),
-        )
-        .await?;
+impl Composite {
+    /// The set's fingerprint for its members' `parts`: the one it holds
+    /// while every member handed back the fingerprint it gave last time.
+    fn settle(&self, parts: Vec<Fingerprint>) -> Fingerprint {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((held, fingerprint)) = &*last {
             if held.iter().zip(&parts).all(|(held, now)| held.is_same(now)) {
-                return Ok(fingerprint.clone());
+                return fingerprint.clone();
             }
         }
         let fingerprint = Fingerprint::from_parts(
@@ -110,7 +115,44 @@ impl Detector for Composite {
                 .zip(parts.iter().cloned()),
         );
         *last = Some((parts, fingerprint.clone()));
-        Ok(fingerprint)
+        fingerprint
+    }
+}
+
+/// Every member's fingerprint on this thread, in order; `None` as soon as
+/// one has no blocking way.
+fn members_blocking(members: &Members) -> Option<Result<Vec<Fingerprint>, DetectError>> {
+    let mut parts = Vec::with_capacity(members.len());
+    for (_, detector) in members.iter() {
+        match detector.blocking_fingerprint()? {
+            Ok(part) => parts.push(part),
+            Err(error) => return Some(Err(error)),
+        }
+    }
+    Some(Ok(parts))
+}
+
+#[async_trait]
+impl Detector for Composite {
+    async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
+        if !self.async_only.load(Ordering::Relaxed) {
+            let members = self.members.clone();
+            match blocking::unblock(move || members_blocking(&members)).await {
+                Some(parts) => return Ok(self.settle(parts?)),
+                None => self.async_only.store(true, Ordering::Relaxed),
+            }
+        }
+        let parts = try_join_all(
+            self.members
+                .iter()
+                .map(|(_, detector)| detector.fingerprint()),
+        )
+        .await?;
+        Ok(self.settle(parts))
+    }
+
+    fn blocking_fingerprint(&self) -> Option<Result<Fingerprint, DetectError>> {
+        Some(members_blocking(&self.members)?.map(|parts| self.settle(parts)))
     }
 
     fn watched_paths(&self) -> Vec<PathBuf> {
@@ -118,5 +160,54 @@ impl Detector for Composite {
             .iter()
             .flat_map(|(_, detector)| detector.watched_paths())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Combined;
+
+    /// A detector with no blocking way.
+    #[derive(Debug)]
+    struct AsyncOnly;
+
+    #[async_trait]
+    impl Detector for AsyncOnly {
+        async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
+            Ok(Fingerprint::of_bytes(b"async only"))
+        }
+    }
+
+    #[test]
+    fn built_in_members_take_one_trip_and_others_are_asked_their_way(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, "cert")?;
+        std::fs::write(&key, "key")?;
+        // No racy window: the fresh files are trusted at once.
+        let trusted = |path: &PathBuf| Combined::new(path).racy_window(std::time::Duration::ZERO);
+        let mut files = Composite::new();
+        files.push(&cert, trusted(&cert)).push(&key, trusted(&key));
+        let blocking = files.blocking_fingerprint().expect("built-ins block")?;
+        let first = smol::block_on(files.fingerprint())?;
+        assert!(!files.async_only.load(Ordering::Relaxed));
+        assert_eq!(first, blocking);
+        assert!(
+            smol::block_on(files.fingerprint())?.is_same(&first),
+            "nothing moved: the set's fingerprint is handed back"
+        );
+
+        let mut mixed = Composite::new();
+        mixed
+            .push(&cert, Combined::new(&cert))
+            .push("custom", AsyncOnly);
+        assert!(mixed.blocking_fingerprint().is_none());
+        let taken = smol::block_on(mixed.fingerprint())?;
+        assert!(mixed.async_only.load(Ordering::Relaxed));
+        assert_eq!(taken.paths().count(), 2);
+        assert_eq!(smol::block_on(mixed.fingerprint())?, taken);
+        Ok(())
     }
 }

@@ -138,6 +138,16 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
     /// The current fingerprint, or why it could not be taken.
     async fn fingerprint(&self) -> Result<Fingerprint, DetectError>;
 
+    /// The fingerprint taken on the current thread, blocking it, for a
+    /// caller already on a blocking thread: a [`Composite`] takes all its
+    /// members' in one trip to the blocking pool this way. `None` (the
+    /// default) when this detector has no such way; it is then asked through
+    /// [`fingerprint`](Detector::fingerprint). Never call it on an async
+    /// executor's thread.
+    fn blocking_fingerprint(&self) -> Option<Result<Fingerprint, DetectError>> {
+        None
+    }
+
     /// The files and directories it reads, for an [`EventWatch`] to wake
     /// checks when they move. Empty (the default) for a detector that reads
     /// no path: it is then checked at the poll interval only.
@@ -152,6 +162,10 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
         (**self).fingerprint().await
     }
 
+    fn blocking_fingerprint(&self) -> Option<Result<Fingerprint, DetectError>> {
+        (**self).blocking_fingerprint()
+    }
+
     fn watched_paths(&self) -> Vec<std::path::PathBuf> {
         (**self).watched_paths()
     }
@@ -161,6 +175,10 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
 impl<D: Detector + ?Sized> Detector for std::sync::Arc<D> {
     async fn fingerprint(&self) -> Result<Fingerprint, DetectError> {
         (**self).fingerprint().await
+    }
+
+    fn blocking_fingerprint(&self) -> Option<Result<Fingerprint, DetectError>> {
+        (**self).blocking_fingerprint()
     }
 
     fn watched_paths(&self) -> Vec<std::path::PathBuf> {

@@ -417,6 +417,10 @@ macro_rules! blocking_detector {
                 blocking::unblock(move || this.fingerprint_blocking()).await
             }
 
+            fn blocking_fingerprint(&self) -> Option<Result<Fingerprint, DetectError>> {
+                Some(self.fingerprint_blocking())
+            }
+
             fn watched_paths(&self) -> Vec<PathBuf> {
                 vec![self.path().to_path_buf()]
             }
