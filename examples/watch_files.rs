@@ -64,66 +64,70 @@ fn main() -> ExitCode {
     })
 }
 
+/// The flags as clap reads them (a repeated flag keeps its last value).
+#[derive(Debug, clap::Parser)]
+#[command(
+    no_binary_name = true,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true
+)]
+struct Cli {
+    #[arg(value_name = "N", long = "interval-ms", default_value = "1000", value_parser = positive_millis)]
+    interval: Duration,
+    #[arg(value_name = "hash|metadata|combined", long = "detector", default_value = "combined", value_parser = strategy)]
+    strategy: Strategy,
+    #[arg(value_name = "on|off", long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    events: bool,
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    #[arg(short, long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
 /// The arguments, or `None` for `--help`.
 fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, String> {
-    let mut parsed = Args {
-        interval: Duration::from_secs(1),
-        strategy: Strategy::Combined,
-        events: true,
-        paths: Vec::new(),
+    let cli = match <Cli as clap::Parser>::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelp => return Ok(None),
+        Err(error) => {
+            let text = error.to_string();
+            return Err(text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned());
+        }
     };
-    let mut args = args.into_iter();
-    let mut options_done = false;
-    while let Some(arg) = args.next() {
-        let text = arg.to_str().unwrap_or_default();
-        if options_done || !text.starts_with('-') || text == "-" {
-            parsed.paths.push(arg.into());
-            continue;
-        }
-        let (name, inline) = match text.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_owned())),
-            None => (text, None),
-        };
-        let mut value = || -> Result<String, String> {
-            match inline.clone() {
-                Some(value) => Ok(value),
-                None => args
-                    .next()
-                    .and_then(|value| value.into_string().ok())
-                    .ok_or_else(|| format!("{name} needs a value")),
-            }
-        };
-        match name {
-            "--" => options_done = true,
-            "-h" | "--help" => return Ok(None),
-            "--interval-ms" => {
-                let value = value()?;
-                parsed.interval = match value.parse::<u64>() {
-                    Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                    _ => {
-                        return Err(format!(
-                            "--interval-ms: {value:?} is not a positive integer"
-                        ))
-                    }
-                };
-            }
-            "--detector" => {
-                parsed.strategy = value()?.parse().map_err(|e| format!("--detector: {e}"))?;
-            }
-            "--events" => {
-                parsed.events = match value()?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => return Err(format!("--events: expected on or off, not {other:?}")),
-                };
-            }
-            _ => return Err(format!("unknown option {text:?}")),
-        }
-    }
-    if parsed.paths.is_empty() {
+    if cli.paths.is_empty() {
         return Err("no PATH to watch".to_owned());
     }
-    Ok(Some(parsed))
+    Ok(Some(Args {
+        interval: cli.interval,
+        strategy: cli.strategy,
+        events: cli.events,
+        paths: cli.paths,
+    }))
+}
+
+fn positive_millis(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("{text:?} is not a positive integer")),
+    }
+}
+
+fn strategy(text: &str) -> Result<Strategy, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+fn on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
 }
 
 fn join(paths: &[PathBuf]) -> String {

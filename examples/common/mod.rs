@@ -1,5 +1,6 @@
 //! What the example servers share: the command line (a contract used by
-//! other tools), logging, the reload report lines and the echo.
+//! other tools; parsed with clap), logging, the reload report lines and the
+//! echo.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -17,6 +18,75 @@ usage: --cert FILE --key FILE and/or --cert-dir DIR (repeatable: named pairs STE
        [--crl FILE (repeatable; needs a client CA)] [--interval-ms N (default 1000)]
        [--listen ADDR (default 127.0.0.1:8443; port 0 picks one)] [--detector hash|metadata|combined (default combined)]
        [--handshake-timeout-ms N (default 10000)] [--events on|off (default on)]";
+
+/// The flags as clap reads them (no binary name; a repeated flag keeps its
+/// last value; a value may start with `-`, as in `--cert -x`).
+#[derive(Debug, clap::Parser)]
+#[command(
+    no_binary_name = true,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true
+)]
+struct Cli {
+    #[arg(value_name = "FILE", long, value_parser = path, allow_hyphen_values = true)]
+    cert: Option<PathBuf>,
+    #[arg(value_name = "FILE", long, value_parser = path, allow_hyphen_values = true)]
+    key: Option<PathBuf>,
+    #[arg(value_name = "DIR", long = "cert-dir", value_parser = path, allow_hyphen_values = true)]
+    cert_dirs: Vec<PathBuf>,
+    #[arg(value_name = "FILE", long, value_parser = path, allow_hyphen_values = true)]
+    client_ca: Option<PathBuf>,
+    #[arg(value_name = "FILE", long, value_parser = path, allow_hyphen_values = true)]
+    client_ca_dir: Option<PathBuf>,
+    #[arg(value_name = "FILE", long = "crl", value_parser = path, allow_hyphen_values = true)]
+    crls: Vec<PathBuf>,
+    #[arg(value_name = "FILE", long, value_parser = path, allow_hyphen_values = true)]
+    key_passphrase_file: Option<PathBuf>,
+    #[arg(value_name = "N", long = "interval-ms", default_value = "1000", value_parser = millis, allow_hyphen_values = true)]
+    interval: Duration,
+    #[arg(value_name = "N", long = "handshake-timeout-ms", default_value = "10000", value_parser = millis, allow_hyphen_values = true)]
+    handshake_timeout: Duration,
+    /// Resolved after parsing, so that a `--help` further on still wins.
+    #[arg(
+        value_name = "ADDR",
+        long,
+        default_value = "127.0.0.1:8443",
+        allow_hyphen_values = true
+    )]
+    listen: String,
+    #[arg(value_name = "hash|metadata|combined", long, default_value = "combined", value_parser = strategy, allow_hyphen_values = true)]
+    detector: Strategy,
+    #[arg(value_name = "on|off", long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set, allow_hyphen_values = true)]
+    events: bool,
+    #[arg(short, long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+/// clap's error in one line, without its prefix and hints.
+pub(crate) fn clap_message(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_owned()
+}
+
+/// A path, as given (empty included: the load then names it).
+fn path(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
+}
+
+/// A whole number of milliseconds (zero is refused after parsing, so that
+/// a `--help` further on still wins).
+fn millis(text: &str) -> Result<Duration, String> {
+    text.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("not a number of milliseconds: {text:?}"))
+}
+
+/// A detector: `hash`, `metadata` or `combined`.
+pub(crate) fn strategy(text: &str) -> Result<Strategy, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
 
 /// The parsed command line.
 #[derive(Debug)]
@@ -61,84 +131,44 @@ impl Args {
     /// `--help` or `-h` is reached before an argument that is refused.
     /// Prints nothing and never exits, so fuzzing and tests can call it.
     pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
-        let (mut cert, mut key, mut client_ca, mut client_ca_dir) = (None, None, None, None);
-        let mut interval = Duration::from_millis(1000);
-        let mut listen = "127.0.0.1:8443".to_owned();
-        let mut detector = Strategy::Combined;
-        let mut handshake_timeout = Duration::from_millis(10_000);
-        let mut events = true;
-        let (mut crls, mut key_passphrase_file) = (Vec::new(), None);
-        let mut cert_dirs = Vec::new();
-        let mut args = args.peekable();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => {
-                    (flag.to_owned(), Some(value.to_owned()))
-                }
-                _ => (arg, None),
-            };
-            if flag == "--help" || flag == "-h" {
-                return Ok(None);
-            }
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            let millis = |text: String| {
-                text.parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| format!("{flag}: not a number of milliseconds: {text:?}"))
-            };
-            match flag.as_str() {
-                "--cert" => cert = Some(PathBuf::from(value()?)),
-                "--key" => key = Some(PathBuf::from(value()?)),
-                "--cert-dir" => cert_dirs.push(PathBuf::from(value()?)),
-                "--client-ca" => client_ca = Some(PathBuf::from(value()?)),
-                "--client-ca-dir" => client_ca_dir = Some(PathBuf::from(value()?)),
-                "--crl" => crls.push(PathBuf::from(value()?)),
-                "--key-passphrase-file" => key_passphrase_file = Some(PathBuf::from(value()?)),
-                "--interval-ms" => interval = millis(value()?)?,
-                "--handshake-timeout-ms" => handshake_timeout = millis(value()?)?,
-                "--listen" => listen = value()?,
-                "--detector" => detector = value()?.parse().map_err(|e| format!("{e}"))?,
-                "--events" => events = on_off(&flag, value()?)?,
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        if interval.is_zero() {
+        let cli = match <Cli as clap::Parser>::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelp => return Ok(None),
+            Err(error) => return Err(clap_message(&error)),
+        };
+        if cli.interval.is_zero() {
             return Err("--interval-ms must be at least 1".into());
         }
-        if handshake_timeout.is_zero() {
+        if cli.handshake_timeout.is_zero() {
             return Err("--handshake-timeout-ms must be at least 1".into());
         }
-        let listen = listen
+        let listen = cli
+            .listen
             .to_socket_addrs()
-            .map_err(|e| format!("--listen {listen}: {e}"))?
+            .map_err(|e| format!("--listen {}: {e}", cli.listen))?
             .next()
-            .ok_or_else(|| format!("--listen {listen}: no address"))?;
-        match (&cert, &key) {
+            .ok_or_else(|| format!("--listen {}: no address", cli.listen))?;
+        match (&cli.cert, &cli.key) {
             (Some(_), None) => return Err("--key is required with --cert".into()),
             (None, Some(_)) => return Err("--cert is required with --key".into()),
-            (None, None) if cert_dirs.is_empty() => {
+            (None, None) if cli.cert_dirs.is_empty() => {
                 return Err("--cert and --key are required (or --cert-dir)".into())
             }
             _ => {}
         }
         Ok(Some(Self {
-            cert,
-            key,
-            cert_dirs,
-            client_ca,
-            client_ca_dir,
-            crls,
-            key_passphrase_file,
-            interval,
+            cert: cli.cert,
+            key: cli.key,
+            cert_dirs: cli.cert_dirs,
+            client_ca: cli.client_ca,
+            client_ca_dir: cli.client_ca_dir,
+            crls: cli.crls,
+            key_passphrase_file: cli.key_passphrase_file,
+            interval: cli.interval,
             listen,
-            detector,
-            handshake_timeout,
-            events,
+            detector: cli.detector,
+            handshake_timeout: cli.handshake_timeout,
+            events: cli.events,
         }))
     }
 
@@ -175,12 +205,12 @@ impl Args {
     }
 }
 
-/// `on` or `off`, for `flag`.
-pub(crate) fn on_off(flag: &str, value: String) -> Result<bool, String> {
-    match value.as_str() {
+/// `on` or `off`.
+pub(crate) fn on_off(value: &str) -> Result<bool, String> {
+    match value {
         "on" => Ok(true),
         "off" => Ok(false),
-        _ => Err(format!("{flag}: expected on or off, not {value:?}")),
+        _ => Err(format!("expected on or off, not {value:?}")),
     }
 }
 
