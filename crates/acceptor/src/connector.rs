@@ -273,6 +273,15 @@ impl ConnectorBuilder {
         self
     }
 
+    /// Makes the detector from the materials, anew when they change.
+    pub fn detector_with(
+        mut self,
+        factory: impl Fn(&ClientMaterials) -> Box<dyn Detector> + Send + Sync + 'static,
+    ) -> Self {
+        self.source = DetectorSource::Factory(Arc::new(factory));
+        self
+    }
+
     /// Builds the first config on the blocking pool: a failure names the
     /// file and the reason.
     pub async fn build(self) -> Result<ReloadingConnector, BuildError> {

@@ -19,8 +19,8 @@ use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{HandshakeKind, RootCertStore, ServerConfig};
 use tls_reload_acceptor::{
-    ClientMaterials, ClientTemplate, ClientTlsStream, ConnectorEvent, ReloadingConnector,
-    Resumption,
+    CertKind, ClientMaterials, ClientTemplate, ClientTlsStream, ConnectorEvent, ExpiryWindow,
+    ReloadingConnector, Resumption,
 };
 
 use common::*;
@@ -441,4 +441,100 @@ fn errors_name_the_file() -> anyhow::Result<()> {
         assert!(error.to_string().contains("nowhere.pem"), "{error}");
         Ok(())
     })
+}
+
+#[test]
+fn set_materials_switches_identity_or_keeps_the_old_one() -> anyhow::Result<()> {
+    init_tracing();
+    smol::block_on(async {
+        let (servers, clients) = (Ca::new("servers"), Ca::new("clients"));
+        let server = mtls_server(&servers.localhost_leaf(), &clients);
+        let files = ClientFiles::new(&clients.leaf(0x1001), &[&servers]);
+        let connector = connector(files.materials()).await?;
+
+        let other = ClientFiles::new(&clients.leaf(0x1002), &[&servers]);
+        let switched = connector.set_materials(other.materials()).await?;
+        assert_eq!(switched.generation, 2);
+        assert_eq!(connector.status().materials, other.materials());
+        let (shown, _) = shown_serial(&connector, server.addr).await?;
+        assert_eq!(shown, "1002");
+
+        // A switch to files that do not build changes nothing.
+        let broken = ClientMaterials::new()
+            .with_identity(&other.cert, &files.key)
+            .with_roots(&other.roots);
+        let error = connector.set_materials(broken).await.expect_err("mismatch");
+        assert!(
+            error.to_string().contains("key does not match certificate"),
+            "{error}"
+        );
+        assert_eq!(connector.status().materials, other.materials());
+        let (shown, _) = shown_serial(&connector, server.addr).await?;
+        assert_eq!(shown, "1002");
+
+        // The reloader follows the new paths.
+        other.rotate(&clients.leaf(0x1003));
+        assert!(wait_for_generation(&connector, 3).await);
+        let (shown, _) = shown_serial(&connector, server.addr).await?;
+        assert_eq!(shown, "1003");
+        Ok(())
+    })
+}
+
+#[test]
+fn the_identity_and_the_roots_are_watched_for_expiry() -> anyhow::Result<()> {
+    init_tracing();
+    smol::block_on(async {
+        let (servers, clients) = (Ca::new("servers"), Ca::new("clients"));
+        let identity = clients.leaf(0x1001);
+        let files = ClientFiles::new(&identity, &[&servers]);
+        // rcgen's certificates run to the year 4096: a window of 5,000 years
+        // holds both from the start.
+        let connector = ReloadingConnector::builder(files.materials())
+            .template(template())
+            .interval(Duration::from_millis(20))
+            .expiry_warning(ExpiryWindow::Before(Duration::from_secs(
+                5_000 * 365 * 86_400,
+            )))
+            .build()
+            .await?;
+        let mut events = connector.events();
+        smol::spawn(connector.reloader()).detach();
+        let mut warned = Vec::new();
+        timeout(DEADLINE, async {
+            while warned.len() < 2 {
+                match events.next().await {
+                    Some(ConnectorEvent::ExpiresSoon { kind, certificate }) => warned.push((
+                        kind,
+                        certificate.serial_hex(),
+                        event_line(kind, &certificate),
+                    )),
+                    Some(_) => {}
+                    None => return Err(io::ErrorKind::UnexpectedEof.into()),
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        warned.sort_by_key(|(kind, ..)| *kind == CertKind::Root);
+        assert_eq!(warned[0].0, CertKind::Leaf);
+        assert_eq!(warned[0].1, "1001");
+        assert_eq!(warned[1].0, CertKind::Root);
+        assert!(
+            warned[1]
+                .2
+                .starts_with("root CA certificate expires soon: serial="),
+            "{}",
+            warned[1].2
+        );
+        Ok(())
+    })
+}
+
+fn event_line(kind: CertKind, certificate: &tls_reload_acceptor::LeafInfo) -> String {
+    ConnectorEvent::ExpiresSoon {
+        kind,
+        certificate: certificate.clone(),
+    }
+    .to_string()
 }
