@@ -140,6 +140,72 @@ fn main() -> anyhow::Result<()> {
         rebuild.as_secs_f64() / store.as_secs_f64()
     );
     assert!(big.serves(Some(asked)));
+    drop(big);
+
+    acceptor_part(&ca, dir.path(), quick)
+}
+
+/// The acceptor with the 10,000 pairs as a `--cert-dir`: its start-up, and
+/// the time from replacing one pair to the first handshake that serves it
+/// (events on, default interval), against the same with one pair.
+fn acceptor_part(ca: &Ca, dir: &std::path::Path, quick: u32) -> anyhow::Result<()> {
+    use tls_reload::acceptor::ReloadingAcceptor;
+    use tls_reload_testkit::{served_serial, tls_connect_to, write_atomic};
+
+    let small_dir = tempfile::tempdir()?;
+    std::fs::copy(
+        dir.join("host05000.pem"),
+        small_dir.path().join("host05000.pem"),
+    )?;
+    let default = tempfile::tempdir()?;
+    let materials = tls_reload_testkit::write_pair(default.path(), &ca.leaf(0x1000));
+    let client = sni_client_config(ca, None);
+    let asked = "host05000.example.com";
+    let rounds = 40 / quick as usize;
+    for (label, pairs_dir) in [("1 pair", small_dir.path()), ("10000 pairs", dir)] {
+        let started = Instant::now();
+        let acceptor = smol::block_on(
+            ReloadingAcceptor::builder(materials.clone())
+                .template(Template::new(provider()))
+                .cert_dir(pairs_dir)
+                .build(),
+        )?;
+        let startup = started.elapsed();
+        smol::spawn(acceptor.reloader()).detach();
+        let serving = acceptor.clone();
+        let addr = common::spawn_server(move |tcp| serving.accept(tcp))?;
+        let mut latencies = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            // Let the reloader's event watch re-arm after the last change.
+            std::thread::sleep(Duration::from_millis(50));
+            let serial = 0x2000 + round as u16;
+            let leaf = ca.named_leaf(serial, &[asked], new_key());
+            let pem = leaf.cert_pem() + &leaf.key_pem();
+            let want = format!("{serial:04x}");
+            let started = Instant::now();
+            write_atomic(&pairs_dir.join("host05000.pem"), pem);
+            loop {
+                let served = smol::block_on(async {
+                    let stream = tls_connect_to(addr, &client, asked, true).await?;
+                    Ok::<_, std::io::Error>(served_serial(&stream))
+                })?;
+                if served == want {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    anyhow::bail!("{label}: pair never served");
+                }
+            }
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        println!(
+            "acceptor, {label}: start-up {:.0} ms; replace one pair -> first handshake serving it (events on): p50 {:.1} ms, p99 {:.1} ms ({rounds} rounds)",
+            startup.as_secs_f64() * 1e3,
+            common::ms(common::percentile(&latencies, 50.0)),
+            common::ms(common::percentile(&latencies, 99.0)),
+        );
+    }
     Ok(())
 }
 

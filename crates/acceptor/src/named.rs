@@ -15,7 +15,7 @@
 //! `state` guards the members; it is never held across an `.await` (the
 //! members are copied out, ticked, and the results put back).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -194,6 +194,30 @@ pub(crate) struct NamedStart {
     pub(crate) require_pairs: bool,
 }
 
+/// A file's metadata, following symlinks: device, inode, size, mtime and
+/// ctime (nanoseconds); `None` when it cannot be read. A write, a rename
+/// over it or a symlink swap moves it; the pair's engine then looks with
+/// its own detector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp(Option<(u64, u64, u64, i64, i64, i64, i64)>);
+
+impl FileStamp {
+    fn of(path: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self(std::fs::metadata(path).ok().map(|m| {
+            (
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        }))
+    }
+}
+
 /// The named pairs of an acceptor.
 pub(crate) struct Named {
     table: Arc<SniResolver>,
@@ -209,6 +233,11 @@ pub(crate) struct Named {
 #[derive(Default)]
 struct State {
     members: BTreeMap<String, Member>,
+    /// What each served pair's files looked like at the last check.
+    file_stamps: HashMap<String, Vec<FileStamp>>,
+    /// The served pairs whose last tick did not end settled: ticked again
+    /// whether or not their files moved.
+    unsettled: HashSet<String>,
     /// The directories' metadata at the last scan.
     stamps: Vec<DirStamp>,
     /// Why the last scan failed, reported once.
@@ -373,19 +402,57 @@ impl Named {
     /// present. Returns whether nothing was to be done.
     pub(crate) async fn tick(self: &Arc<Self>) -> bool {
         let mut quiet = self.rescan().await;
-        let members: Vec<(String, Member)> = self
-            .state()
-            .members
+        let members = self.members_now();
+        // One look at every served pair's files, in one trip to the
+        // blocking pool: only the engines whose files moved (or that are
+        // not settled: a failure to retry, files still changing) are
+        // ticked, so an idle check, or a change to one pair, does not cost
+        // one fingerprint per pair.
+        let looked: Vec<(String, Vec<PathBuf>)> = members
             .iter()
-            .map(|(stem, member)| (stem.clone(), member.clone()))
+            .filter_map(|(stem, member)| match member {
+                Member::Serving {
+                    files,
+                    missing_since: None,
+                    ..
+                } => Some((stem.clone(), files.paths())),
+                _ => None,
+            })
             .collect();
+        let looked: HashMap<String, Vec<FileStamp>> = blocking::unblock(move || {
+            looked
+                .into_iter()
+                .map(|(stem, paths)| (stem, paths.iter().map(|p| FileStamp::of(p)).collect()))
+                .collect()
+        })
+        .await;
         for (stem, member) in members {
             match member {
                 Member::Serving {
                     engine,
                     missing_since: None,
                     ..
-                } => quiet &= engine.tick().await,
+                } => {
+                    let stamps = looked.get(&stem).cloned().unwrap_or_default();
+                    let moved = {
+                        let mut state = self.state();
+                        let unsettled = state.unsettled.contains(&stem);
+                        let moved = state.file_stamps.get(&stem) != Some(&stamps);
+                        state.file_stamps.insert(stem.clone(), stamps);
+                        moved || unsettled
+                    };
+                    if !moved {
+                        continue;
+                    }
+                    let settled = engine.tick().await;
+                    let mut state = self.state();
+                    if settled {
+                        state.unsettled.remove(&stem);
+                    } else {
+                        state.unsettled.insert(stem);
+                    }
+                    quiet &= settled;
+                }
                 Member::Broken {
                     files,
                     detector,
@@ -411,9 +478,9 @@ impl Named {
         if self.sources.dirs.is_empty() {
             return true;
         }
+        let stamps: Vec<DirStamp> = self.sources.dirs.iter().map(|d| DirStamp::of(d)).collect();
         let waiting = {
             let mut state = self.state();
-            let stamps: Vec<DirStamp> = self.sources.dirs.iter().map(|d| DirStamp::of(d)).collect();
             let moved = stamps != state.stamps;
             let waiting = state
                 .members
@@ -459,6 +526,8 @@ impl Named {
             }
             for stem in &removed {
                 state.members.remove(stem);
+                state.file_stamps.remove(stem);
+                state.unsettled.remove(stem);
             }
             let new: Vec<(String, PairFiles)> = found
                 .into_iter()
@@ -568,6 +637,15 @@ impl Named {
         }
     }
 
+    /// The members now, copied out: nothing runs under the lock.
+    fn members_now(&self) -> Vec<(String, Member)> {
+        self.state()
+            .members
+            .iter()
+            .map(|(stem, member)| (stem.clone(), member.clone()))
+            .collect()
+    }
+
     fn engines(&self) -> Vec<Arc<Engine<PairKind>>> {
         self.state()
             .members
@@ -579,11 +657,15 @@ impl Named {
             .collect()
     }
 
-    /// The directories and every pair's files, for the event watch.
+    /// For the event watch: the directories (a watched directory's
+    /// entries are watched: a pair written, renamed or removed in it wakes
+    /// a check) and the files of the pairs given one by one. Not each
+    /// directory pair's files: with 10,000 pairs, re-arming a watch on
+    /// every one after every check would cost more than the check.
     pub(crate) fn watched_paths(&self) -> Vec<PathBuf> {
         let mut paths = self.sources.dirs.clone();
-        for member in self.state().members.values() {
-            paths.extend(member.files().paths());
+        for pair in &self.sources.pairs {
+            paths.extend(pair.paths());
         }
         paths
     }
@@ -596,13 +678,7 @@ impl Named {
 
     /// Each pair, by stem.
     pub(crate) fn status(&self) -> Vec<PairStatus> {
-        let members: Vec<(String, Member)> = self
-            .state()
-            .members
-            .iter()
-            .map(|(stem, member)| (stem.clone(), member.clone()))
-            .collect();
-        members
+        self.members_now()
             .into_iter()
             .map(|(stem, member)| match member {
                 Member::Serving { engine, files, .. } => {

@@ -510,3 +510,55 @@ fn mtls_with_only_a_directory_of_pairs() {
         refused.await.expect_err("no client certificate");
     });
 }
+
+#[test]
+fn a_trust_change_resets_resumption_for_every_pair() {
+    smol::block_on(async {
+        let clients = Ca::new("client CA");
+        let ca_dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = write_new(ca_dir.path(), "clients.pem", clients.pem());
+        let sni = Sni::start_with(&[("a", 0x1001, &["a.example.com"])], |builder| {
+            builder.client_ca(&ca_file)
+        })
+        .await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(sni.ca.der()).expect("root");
+        let leaf = clients.localhost_leaf();
+        let resuming = Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(leaf.chain_der(), leaf.key_der())
+                .expect("client cert"),
+        );
+        let kind = || {
+            let resuming = resuming.clone();
+            let addr = sni.server.addr;
+            async move {
+                let mut stream = tls_connect_to(addr, &resuming, "a.example.com", true)
+                    .await
+                    .expect("connect");
+                echo_round_trip(&mut stream, b"ping").await.expect("echo");
+                stream.get_ref().1.handshake_kind()
+            }
+        };
+        assert_eq!(kind().await, Some(HandshakeKind::Full));
+        assert_eq!(kind().await, Some(HandshakeKind::Resumed));
+        // The pair reloads: sessions still resume.
+        sni.write("a", 0x1011, &["a.example.com"]);
+        sni.wait_event("pair applied", applied("a", "1011")).await;
+        assert_eq!(kind().await, Some(HandshakeKind::Resumed));
+        // The trust changes (a second client CA): no session resumes.
+        write_atomic(
+            &ca_file,
+            clients.pem() + &Ca::new("another client CA").pem(),
+        );
+        sni.wait_event("trust applied", |e| {
+            matches!(e, ReloadEvent::Applied { .. })
+        })
+        .await;
+        assert_eq!(kind().await, Some(HandshakeKind::Full));
+        assert_eq!(kind().await, Some(HandshakeKind::Resumed));
+    });
+}
