@@ -11,7 +11,8 @@
 //! table shows the better run, and each proxy's CPU time (user and system)
 //! per GiB moved in the streamed rows. Needs the release binary next to
 //! this example and `stunnel4` on PATH. With `VS_STUNNEL_BASELINE=PATH`, the
-//! proxy binary at PATH (an earlier build, say) runs too, as a third column.
+//! proxy binary at PATH (an earlier build, say) runs too, as a third column;
+//! `VS_STUNNEL_ARGS="--threads 4"` adds flags to ours (not the baseline).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -222,6 +223,7 @@ impl Server {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut child = Command::new(&binary)
             .args(["--listen", "127.0.0.1:0", "--target", &backend.to_string()])
+            .args(extra_args(name == "baseline"))
             .arg("--cert")
             .arg(cert)
             .arg("--key")
@@ -277,6 +279,15 @@ impl Server {
             thread::sleep(Duration::from_millis(20));
         }
         Ok(server)
+    }
+}
+
+/// More flags for our proxy (not the baseline) from `VS_STUNNEL_ARGS`,
+/// split on spaces: `VS_STUNNEL_ARGS="--threads 4"`, say.
+fn extra_args(baseline: bool) -> Vec<String> {
+    match std::env::var("VS_STUNNEL_ARGS") {
+        Ok(args) if !baseline => args.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
     }
 }
 
