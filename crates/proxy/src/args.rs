@@ -518,6 +518,21 @@ impl Cli {
             (Some(_), None) => return Err("--key is required with --cert".into()),
             (None, Some(_)) => return Err("--cert is required with --key".into()),
         }
+        if self.cert.is_none() && self.cert_dirs.is_empty() {
+            // A plaintext listener: the listener's TLS flags would be ignored.
+            for (flag, given) in [
+                ("--client-ca", self.client_ca.is_some()),
+                ("--client-ca-dir", self.client_ca_dir.is_some()),
+                ("--crl", !self.crls.is_empty()),
+                ("--key-passphrase-file", self.key_passphrase_file.is_some()),
+            ] {
+                if given {
+                    return Err(format!(
+                        "{flag} is for the TLS listener: give --cert and --key (or --cert-dir) too"
+                    ));
+                }
+            }
+        }
         Ok(Args {
             listen: self.listen,
             cert: self.cert,
@@ -783,6 +798,17 @@ mod tests {
             args_err("--listen 127.0.0.1:0 --target 127.0.0.1:1 --cert c")
                 .contains("--key is required")
         );
+        // A plaintext listener cannot use the listener's TLS flags.
+        let client = "--listen 127.0.0.1:0 --target 127.0.0.1:1 --target-tls --target-ca ca";
+        for flag in [
+            "--client-ca c",
+            "--client-ca-dir d",
+            "--crl c",
+            "--key-passphrase-file p",
+        ] {
+            let error = args_err(&format!("{client} {flag}"));
+            assert!(error.contains("is for the TLS listener"), "{flag}: {error}");
+        }
     }
 
     #[test]
