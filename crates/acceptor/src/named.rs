@@ -2,14 +2,17 @@
 //! acceptor's reloader, and the directories they come from.
 //!
 //! ```text
-//!  tick ──► rescan the directories whose own metadata moved
+//!  tick ──► stat every served pair's files, in one trip to the blocking pool
+//!       ──► tick the engines whose files moved, or that are not settled:
+//!           each has its own fingerprint, build, settle rules, last error;
+//!           an applied build is stored into the pair's SNI slot (a pair
+//!           whose files are all gone is left to the rescan: no failure)
+//!       ──► rescan the directories whose own metadata moved
 //!            ├─ new stem ───────► start an engine (blocking pool); built: served, `PairApplied`
 //!            │                    broken: kept aside, `PairFailed`, retried when its files move
-//!            ├─ stem gone ──────► missing since now; not ticked (no failure reported)
+//!            ├─ stem gone ──────► missing since now; not ticked
 //!            │   still gone after the confirmation time: dropped, `PairRemoved`
 //!            └─ stem back ──────► no longer missing (a remove-and-re-add never flaps)
-//!       ──► tick every pair's engine: its own fingerprint, build, settle rules,
-//!           last error; an applied build is stored into the pair's SNI slot
 //! ```
 //!
 //! `state` guards the members; it is never held across an `.await` (the
@@ -401,7 +404,7 @@ impl Named {
     /// One check: rescan the directories that moved, then tick every pair
     /// present. Returns whether nothing was to be done.
     pub(crate) async fn tick(self: &Arc<Self>) -> bool {
-        let mut quiet = self.rescan().await;
+        let mut quiet = true;
         let members = self.members_now();
         // One look at every served pair's files, in one trip to the
         // blocking pool: only the engines whose files moved (or that are
@@ -434,6 +437,10 @@ impl Named {
                     ..
                 } => {
                     let stamps = looked.get(&stem).cloned().unwrap_or_default();
+                    // Every file gone: maybe removed, which the rescan
+                    // below confirms or not; not a failure to report.
+                    let gone = stamps.iter().all(|stamp| stamp.0.is_none())
+                        && !self.sources.pairs.iter().any(|pair| pair.stem() == stem);
                     let moved = {
                         let mut state = self.state();
                         let unsettled = state.unsettled.contains(&stem);
@@ -441,7 +448,7 @@ impl Named {
                         state.file_stamps.insert(stem.clone(), stamps);
                         moved || unsettled
                     };
-                    if !moved {
+                    if !moved || gone {
                         continue;
                     }
                     let settled = engine.tick().await;
@@ -469,6 +476,9 @@ impl Named {
                 _ => {}
             }
         }
+        // After the pairs' own checks: a pair replaced by a rename (which
+        // moves the directory) is served before the directory is listed.
+        quiet &= self.rescan().await;
         quiet
     }
 
