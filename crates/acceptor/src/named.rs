@@ -221,10 +221,17 @@ impl FileStamp {
     }
 }
 
+/// The stem of a directory entry's name (`a` for `a.pem`).
+fn stem_of(name: &std::ffi::OsStr) -> Option<&str> {
+    Path::new(name).file_stem()?.to_str()
+}
+
 /// The named pairs of an acceptor.
 pub(crate) struct Named {
     table: Arc<SniResolver>,
     sources: PairSources,
+    /// The directories as events name them (canonical).
+    canonical_dirs: Vec<PathBuf>,
     template: Template,
     strategy: Strategy,
     settings: engine::Settings,
@@ -241,6 +248,10 @@ struct State {
     /// The served pairs whose last tick did not end settled: ticked again
     /// whether or not their files moved.
     unsettled: HashSet<String>,
+    /// For the next check, the names of the entries of the pair
+    /// directories the events named (see [`Named::hint`]); `None`: look at
+    /// every pair.
+    hint: Option<Vec<std::ffi::OsString>>,
     /// The directories' metadata at the last scan.
     stamps: Vec<DirStamp>,
     /// Why the last scan failed, reported once.
@@ -293,8 +304,15 @@ impl Named {
     /// at all fails too.
     pub(crate) fn load_blocking(start: NamedStart) -> Result<Self, BuildError> {
         let require_pairs = start.require_pairs;
+        let canonical_dirs = start
+            .sources
+            .dirs
+            .iter()
+            .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
+            .collect();
         let named = Self {
             table: start.table,
+            canonical_dirs,
             sources: start.sources,
             template: start.template,
             strategy: start.strategy,
@@ -403,9 +421,48 @@ impl Named {
 
     /// One check: rescan the directories that moved, then tick every pair
     /// present. Returns whether nothing was to be done.
+    /// What the events that woke the next check named (`None`: look at
+    /// everything). With a hint, the check stats only the directory pairs
+    /// named, the unsettled ones and the pairs given one by one, instead
+    /// of every pair's files.
+    pub(crate) fn hint(&self, changed: Option<&[PathBuf]>) {
+        let names = changed.map(|paths| {
+            paths
+                .iter()
+                .filter(|path| {
+                    path.parent()
+                        .is_some_and(|parent| self.canonical_dirs.iter().any(|dir| dir == parent))
+                })
+                .filter_map(|path| path.file_name().map(ToOwned::to_owned))
+                .collect()
+        });
+        self.state().hint = names;
+    }
+
     pub(crate) async fn tick(self: &Arc<Self>) -> bool {
         let mut quiet = true;
-        let members = self.members_now();
+        let (hint, unsettled) = {
+            let mut state = self.state();
+            (state.hint.take(), state.unsettled.clone())
+        };
+        let looked_at = |stem: &str| {
+            hint.as_ref()
+                .is_none_or(|hint| hint.iter().any(|name| stem_of(name) == Some(stem)))
+                || unsettled.contains(stem)
+                || self.sources.pairs.iter().any(|pair| pair.stem() == stem)
+        };
+        // Only the members looked at are copied out (not 10,000 of them
+        // for one event).
+        let members: Vec<(String, Member)> = self
+            .state()
+            .members
+            .iter()
+            .filter(|(stem, member)| match member {
+                Member::Serving { .. } => looked_at(stem),
+                Member::Broken { .. } => true,
+            })
+            .map(|(stem, member)| (stem.clone(), member.clone()))
+            .collect();
         // One look at every served pair's files, in one trip to the
         // blocking pool: only the engines whose files moved (or that are
         // not settled: a failure to retry, files still changing) are
@@ -478,19 +535,52 @@ impl Named {
         }
         // After the pairs' own checks: a pair replaced by a rename (which
         // moves the directory) is served before the directory is listed.
-        quiet &= self.rescan().await;
+        // When the events named only files of pairs that are still there
+        // (and dot-files: a renewer's temporary file), which pairs exist
+        // has not changed, and the directory is not listed again.
+        let same_pairs = hint.as_ref().is_some_and(|names| {
+            let state = self.state();
+            names.iter().all(|name| {
+                let Some(text) = name.to_str() else {
+                    return false;
+                };
+                if text.starts_with('.') {
+                    return true;
+                }
+                let Some(stem) = stem_of(name) else {
+                    return false;
+                };
+                let present = looked
+                    .get(stem)
+                    .is_some_and(|stamps| stamps.iter().all(|stamp| stamp.0.is_some()));
+                let its_file = state.members.get(stem).is_some_and(|member| {
+                    member
+                        .files()
+                        .paths()
+                        .iter()
+                        .any(|path| path.file_name() == Some(name.as_os_str()))
+                });
+                present && its_file
+            })
+        });
+        quiet &= self.rescan(same_pairs).await;
         quiet
     }
 
     /// Lists the directories if their metadata moved (or a pair is missing
     /// and waits for confirmation), and acts on what came and went.
-    async fn rescan(self: &Arc<Self>) -> bool {
+    /// With `same_pairs`, the events said which entries moved and none
+    /// adds or removes a pair: the directories' metadata is taken as seen.
+    async fn rescan(self: &Arc<Self>, same_pairs: bool) -> bool {
         if self.sources.dirs.is_empty() {
             return true;
         }
         let stamps: Vec<DirStamp> = self.sources.dirs.iter().map(|d| DirStamp::of(d)).collect();
         let waiting = {
             let mut state = self.state();
+            if same_pairs {
+                state.stamps = stamps.clone();
+            }
             let moved = stamps != state.stamps;
             let waiting = state
                 .members

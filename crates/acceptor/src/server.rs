@@ -244,6 +244,12 @@ impl Driven for Shared {
         }
     }
 
+    fn hint(&self, changed: Option<&[PathBuf]>) {
+        if let Some(named) = &self.named {
+            named.hint(changed);
+        }
+    }
+
     fn watched_paths(&self) -> Vec<PathBuf> {
         let mut paths = self.engine.watched_paths();
         if let Some(named) = &self.named {

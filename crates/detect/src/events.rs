@@ -247,6 +247,21 @@ impl EventWatch {
         }
     }
 
+    /// The paths the relevant events seen since the last call named (a
+    /// watched directory joined with the entry's name), and forgets them:
+    /// a hint of what moved, for a check that would rather not look at
+    /// everything. `None` when that is not known: events were lost, a
+    /// watch went away, too many names came at once, or there is no
+    /// backend. A path is named as the event gave it (under the canonical
+    /// directory), and a check must still look: an event only says where.
+    pub fn take_changed(&mut self) -> Option<Vec<PathBuf>> {
+        match &mut self.backend {
+            #[cfg(target_os = "linux")]
+            Backend::Inotify(inotify) => inotify.take_changed(),
+            _ => None,
+        }
+    }
+
     /// Waits for a relevant event. Never returns in poll-only mode.
     pub async fn changed(&mut self) {
         match &mut self.backend {
@@ -401,7 +416,14 @@ mod inotify {
         /// Why reading events stopped working, if it did: the poll then
         /// carries on alone, and the status says so.
         broken: Option<String>,
+        /// The paths relevant events named since the last
+        /// [`take_changed`](Self::take_changed); `None` once that is not
+        /// known (events lost, a watch gone, too many).
+        changed: Option<Vec<PathBuf>>,
     }
+
+    /// The most changed paths kept for a hint: past it, "everything".
+    const CHANGED_CAP: usize = 1024;
 
     /// What moves a name: created, deleted, renamed, written and closed,
     /// attributes changed; and the directory itself deleted or moved.
@@ -427,6 +449,7 @@ mod inotify {
                 fd,
                 watches: BTreeMap::new(),
                 fail_with: None,
+                changed: Some(Vec::new()),
                 broken: None,
             })
         }
@@ -499,6 +522,11 @@ mod inotify {
             }
         }
 
+        /// See [`EventWatch::take_changed`].
+        pub(super) fn take_changed(&mut self) -> Option<Vec<PathBuf>> {
+            self.changed.replace(Vec::new())
+        }
+
         /// Waits until an event concerns a name that matters in `dirs`.
         pub(super) async fn changed(&mut self, dirs: &BTreeMap<PathBuf, Names>) {
             let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
@@ -534,8 +562,10 @@ mod inotify {
                 };
                 let flags = event.events();
                 if flags.intersects(ReadFlags::QUEUE_OVERFLOW | ReadFlags::IGNORED) {
-                    // Events were lost, or a watch is gone: look now.
+                    // Events were lost, or a watch is gone: look now, at
+                    // everything.
                     relevant = true;
+                    self.changed = None;
                     continue;
                 }
                 let dir = self
@@ -551,6 +581,20 @@ mod inotify {
                 });
                 if matters {
                     relevant = true;
+                    let path = dir.zip(event.file_name()).map(|(dir, name)| {
+                        dir.join(
+                            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                                name.to_bytes(),
+                            ),
+                        )
+                    });
+                    match (&mut self.changed, path) {
+                        (Some(changed), Some(path)) if changed.len() < CHANGED_CAP => {
+                            changed.push(path);
+                        }
+                        // Unknown, or too many: everything.
+                        _ => self.changed = None,
+                    }
                 } else {
                     tracing::trace!("event on an unrelated name");
                 }

@@ -20,6 +20,12 @@ pub(crate) trait Driven: Send + Sync + 'static {
     /// their not-after.
     fn check_expiry(&self);
 
+    /// Called before a [`tick`](Driven::tick) with the paths the events
+    /// that woke it named, or `None` for a look at everything (the poll,
+    /// lost events). A hint only: a check may look at less when it has
+    /// one, and must look at everything without. Default: ignored.
+    fn hint(&self, _changed: Option<&[PathBuf]>) {}
+
     /// Every path the checks read, for the event watch. May call a user
     /// detector: never under a lock.
     fn watched_paths(&self) -> Vec<PathBuf>;
@@ -97,6 +103,8 @@ pub(crate) async fn run<H: Send + Sync + 'static>(
             return;
         };
         let driven = project(&strong);
+        let changed = events.take_changed().filter(|_| wake == Wake::Event);
+        driven.hint(changed.as_deref());
         let quiet = driven.tick().await;
         driven.check_expiry();
         // What the paths resolve to can only have moved if something did:
