@@ -1,5 +1,6 @@
 //! Behaviour of the detectors on real files in a temp dir.
 
+mod hints;
 mod limits;
 mod stream;
 mod support;
