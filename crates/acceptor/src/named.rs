@@ -42,6 +42,9 @@ use crate::{CertKind, ReloadError, ReloadEvent, SniResolver};
 /// again, is not dropped.
 pub(crate) const REMOVAL_CONFIRMATION: Duration = Duration::from_secs(1);
 
+/// How often the pairs' certificates are checked for expiry, at most.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
 /// The kind of a named pair's engine: a certified key for the SNI table.
 #[derive(Clone)]
 pub(crate) struct PairKind {
@@ -252,6 +255,10 @@ struct State {
     /// directories the events named (see [`Named::hint`]); `None`: look at
     /// every pair.
     hint: Option<Vec<std::ffi::OsString>>,
+    /// When the pairs' expiry was last checked.
+    expiry_checked_at: Option<Instant>,
+    /// The detection last shown to the pairs' engines.
+    detection: Option<Detection>,
     /// The directories' metadata at the last scan.
     stamps: Vec<DirStamp>,
     /// Why the last scan failed, reported once.
@@ -731,7 +738,22 @@ impl Named {
         }
     }
 
+    /// Expiry of every pair, at most once per [`EXPIRY_CHECK`]: it runs
+    /// after every check, and with 10,000 pairs an event-driven burst of
+    /// checks would spend more on it than on the checks (expiry moves in
+    /// hours).
     pub(crate) fn check_expiry(&self) {
+        {
+            let mut state = self.state();
+            let now = Instant::now();
+            if state
+                .expiry_checked_at
+                .is_some_and(|at| now.duration_since(at) < EXPIRY_CHECK)
+            {
+                return;
+            }
+            state.expiry_checked_at = Some(now);
+        }
         for engine in self.engines() {
             engine.check_expiry();
         }
@@ -771,6 +793,15 @@ impl Named {
     }
 
     pub(crate) fn set_detection(&self, detection: &Detection) {
+        {
+            // Re-armed after every event wake: only a change is handed to
+            // 10,000 engines.
+            let mut state = self.state();
+            if state.detection.as_ref() == Some(detection) {
+                return;
+            }
+            state.detection = Some(detection.clone());
+        }
         for engine in self.engines() {
             Driven::set_detection(&*engine, detection);
         }
