@@ -163,6 +163,7 @@ fn acceptor_part(ca: &Ca, dir: &std::path::Path, quick: u32) -> anyhow::Result<(
     let asked = "host05000.example.com";
     let rounds = 40 / quick as usize;
     for (label, pairs_dir) in [("1 pair", small_dir.path()), ("10000 pairs", dir)] {
+        let rss_before = rss_bytes();
         let started = Instant::now();
         let acceptor = smol::block_on(
             ReloadingAcceptor::builder(materials.clone())
@@ -171,6 +172,8 @@ fn acceptor_part(ca: &Ca, dir: &std::path::Path, quick: u32) -> anyhow::Result<(
                 .build(),
         )?;
         let startup = started.elapsed();
+        let pairs = acceptor.status().pairs.len().max(1);
+        let per_pair = rss_bytes().saturating_sub(rss_before) as f64 / pairs as f64;
         smol::spawn(acceptor.reloader()).detach();
         let serving = acceptor.clone();
         let addr = common::spawn_server(move |tcp| serving.accept(tcp))?;
@@ -200,7 +203,7 @@ fn acceptor_part(ca: &Ca, dir: &std::path::Path, quick: u32) -> anyhow::Result<(
         }
         latencies.sort();
         println!(
-            "acceptor, {label}: start-up {:.0} ms; replace one pair -> first handshake serving it (events on): p50 {:.1} ms, p99 {:.1} ms ({rounds} rounds)",
+            "acceptor, {label}: start-up {:.0} ms, {per_pair:.0} bytes resident per pair (engine included); replace one pair -> first handshake serving it (events on): p50 {:.1} ms, p99 {:.1} ms ({rounds} rounds)",
             startup.as_secs_f64() * 1e3,
             common::ms(common::percentile(&latencies, 50.0)),
             common::ms(common::percentile(&latencies, 99.0)),
