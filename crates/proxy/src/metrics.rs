@@ -162,6 +162,16 @@ fn listener_json(status: &Status) -> Value {
             "not_after": unix_seconds(leaf.not_after),
             "sha256": leaf.sha256_hex(),
         },
+        "pairs": status.pairs.iter().map(|pair| json!({
+            "stem": pair.stem,
+            "names": pair.names,
+            "serial": pair.leaf.as_ref().map(|leaf| leaf.serial_hex()),
+            "not_after": pair.leaf.as_ref().map(|leaf| unix_seconds(leaf.not_after)),
+            "files": pair.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "last_error": pair.last_error,
+            "generation": pair.generation,
+        })).collect::<Vec<_>>(),
+        "unrecognized_names": status.unrecognized_names,
     })
 }
 

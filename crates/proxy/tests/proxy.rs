@@ -388,3 +388,49 @@ fn unix_now() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     now.unwrap().as_secs() as i64
 }
+
+#[test]
+fn cert_dir_pairs_are_served_by_name_and_listed_in_status() {
+    use tls_reload_testkit::{
+        new_key, served_serial, sni_client_config, tls_connect_to, write_combined, write_new,
+    };
+    let ca = Ca::new("proxy SNI CA");
+    let files = Files::new(&ca, &ca.leaf(0x1001));
+    let pairs = tempfile::tempdir().unwrap();
+    write_combined(
+        pairs.path(),
+        "api",
+        &ca.named_leaf(0x1002, &["api.example.com"], new_key()),
+    );
+    write_new(pairs.path(), "bad.pem", "not a pair");
+    let dir = pairs.path().to_str().unwrap().to_owned();
+    let proxy = Proxy::start(
+        &files,
+        echo_backend(),
+        &["--cert-dir", &dir, "--status", "127.0.0.1:0"],
+    );
+    let config = sni_client_config(&ca, None);
+    let serial = smol::block_on(async {
+        let stream = tls_connect_to(proxy.addr, &config, "api.example.com", true).await?;
+        Ok::<_, std::io::Error>(served_serial(&stream))
+    })
+    .unwrap();
+    assert_eq!(serial, "1002");
+    let (code, _, body) = http(proxy.status.unwrap(), "GET", "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pairs = status["pairs"].as_array().expect("pairs").clone();
+    assert_eq!(pairs.len(), 2, "{status}");
+    assert_eq!(pairs[0]["stem"], "api");
+    assert_eq!(pairs[0]["names"][0], "api.example.com");
+    assert_eq!(pairs[0]["serial"], "1002");
+    assert_eq!(pairs[1]["stem"], "bad");
+    assert!(pairs[1]["serial"].is_null());
+    assert!(
+        pairs[1]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("bad.pem"),
+        "{status}"
+    );
+}
