@@ -329,6 +329,23 @@ fn a_bad_first_load_exits_non_zero_naming_the_file_and_the_reason() {
 }
 
 #[test]
+fn a_non_utf8_argument_is_a_usage_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    for name in SERVERS {
+        let output = run_within(
+            Command::new(example(name))
+                .args(["--cert", "c", "--key", "k", "--detector"])
+                .arg(std::ffi::OsStr::from_bytes(b"hash\xff")),
+            DEADLINE,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("usage:"), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+#[test]
 fn bad_arguments_exit_with_usage() {
     for name in SERVERS {
         for args in [

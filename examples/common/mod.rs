@@ -111,10 +111,11 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    /// Parses `std::env::args`, or returns the exit code after printing why.
+    /// Parses `std::env::args_os`, or returns the exit code after printing why.
     /// `--help` prints the usage and exits 0.
     pub(crate) fn from_env() -> Result<Self, ExitCode> {
-        match Self::parse(std::env::args().skip(1)) {
+        // `args_os`: a non-UTF-8 argument is a usage error (exit 2), not a panic.
+        match Self::parse(std::env::args_os().skip(1)) {
             Ok(Some(args)) => Ok(args),
             Ok(None) => {
                 println!("{USAGE}");
@@ -130,7 +131,9 @@ impl Args {
     /// Parses the arguments (without the program name): `None` when
     /// `--help` or `-h` is reached before an argument that is refused.
     /// Prints nothing and never exits, so fuzzing and tests can call it.
-    pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
+    pub(crate) fn parse(
+        args: impl Iterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    ) -> Result<Option<Self>, String> {
         let cli = match <Cli as clap::Parser>::try_parse_from(args) {
             Ok(cli) => cli,
             Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelp => return Ok(None),

@@ -32,7 +32,11 @@ use std::process::ExitCode;
 /// files or addresses cannot be used at start-up, 2 on bad arguments (the
 /// message and the usage on stderr), 0 after `--help` (the help on
 /// stdout).
-pub fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
+pub fn run<I>(args: I) -> ExitCode
+where
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString> + Clone,
+{
     let args = match args::parse(args) {
         Ok(args::Command::Run(args)) => args,
         Ok(args::Command::Help) => {

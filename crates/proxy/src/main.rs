@@ -9,5 +9,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tls_reload_proxy::run(std::env::args().skip(1))
+    // `args_os`: a non-UTF-8 argument is a usage error (exit 2), not a panic.
+    tls_reload_proxy::run(std::env::args_os().skip(1))
 }

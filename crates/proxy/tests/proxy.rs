@@ -338,6 +338,21 @@ fn the_drain_timeout_ends_connections_that_do_not_finish() {
 }
 
 #[test]
+fn a_non_utf8_argument_is_a_usage_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let output = tls_reload_testkit::run_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tls-reload-proxy"))
+            .arg("--listen")
+            .arg(std::ffi::OsStr::from_bytes(b"127.0.0.1:\xff")),
+        DEADLINE,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("usage:"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn help_bad_arguments_and_unreadable_files_have_their_exit_codes() {
     let (status, stdout, _) = run_to_end(&["--help"]);
     assert_eq!(status.code(), Some(0));
