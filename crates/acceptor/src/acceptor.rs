@@ -148,8 +148,20 @@ impl ReloadingAcceptor {
     /// Reads and builds the materials now and applies the result, or returns
     /// why not (like Valkey's `CONFIG SET`). A background build that began
     /// before this call is never applied after it.
+    ///
+    /// With named pairs ([`Builder::cert_dir`], [`Builder::pair`]), every
+    /// served pair is rebuilt from its files too, after the default pair;
+    /// the result is the default pair's, and a pair that fails keeps its
+    /// last good version and reports the failure in its events and in
+    /// [`Status::pairs`](crate::Status::pairs). Pairs that appeared in a
+    /// directory, or whose files are gone, are added or dropped by the
+    /// reloader's next check.
     pub async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
-        self.reload(None).await
+        let result = self.reload(None).await;
+        if let Some(named) = &self.shared.named {
+            named.reload_pairs().await;
+        }
+        result
     }
 
     /// Switches to other material paths, building them first: on error,

@@ -768,6 +768,31 @@ impl Named {
             .collect()
     }
 
+    /// Rebuilds every served pair from its files now, one after the other:
+    /// a manual reload of each pair's engine, so a pair whose files do not
+    /// build keeps its last good version and reports the failure in its
+    /// events and status. Pairs that appeared or whose files are gone are
+    /// left to the reloader's next check, which adds or drops them.
+    pub(crate) async fn reload_pairs(&self) {
+        let engines: Vec<_> = self
+            .state()
+            .members
+            .values()
+            .filter_map(|member| match member {
+                Member::Serving {
+                    engine,
+                    missing_since: None,
+                    ..
+                } => Some(engine.clone()),
+                _ => None,
+            })
+            .collect();
+        for engine in engines {
+            // A failure is recorded and reported by the pair's engine.
+            let _ = engine.reload(None).await;
+        }
+    }
+
     fn engines(&self) -> Vec<Arc<Engine<PairKind>>> {
         self.state()
             .members

@@ -240,6 +240,47 @@ fn a_directory_adds_replaces_breaks_and_removes_pairs_one_by_one() {
 }
 
 #[test]
+fn reload_now_rebuilds_every_named_pair_too() {
+    smol::block_on(async {
+        // No check before an hour and no events: only reload_now can see
+        // the new files.
+        let sni = Sni::start_with(
+            &[
+                ("a", 0x1101, &["a.example.com"]),
+                ("b", 0x1102, &["b.example.com"]),
+            ],
+            |builder| builder.interval(Duration::from_secs(3600)).events(false),
+        )
+        .await;
+        sni.write("a", 0x1111, &["a.example.com"]);
+        // b's new files do not build: it keeps its last good version.
+        std::fs::write(sni.pairs_dir().join("b.pem"), "not a pair").expect("write");
+        assert_eq!(sni.served("a.example.com").await.expect("a"), "1101");
+
+        let reloaded = sni.acceptor.reload_now().await.expect("the default pair");
+        assert_eq!(reloaded.leaf.serial_hex(), "1000");
+        assert_eq!(sni.served("a.example.com").await.expect("a"), "1111");
+        assert_eq!(sni.served("b.example.com").await.expect("b"), "1102");
+        let status = sni.acceptor.status();
+        let b = status
+            .pairs
+            .iter()
+            .find(|pair| pair.stem == "b")
+            .expect("b listed");
+        let error = b.last_error.as_deref().expect("b's failure");
+        assert!(error.contains("b.pem"), "{error}");
+        assert!(
+            sni.log.all().iter().any(|event| matches!(
+                event,
+                ReloadEvent::PairFailed { stem, .. } if stem == "b"
+            )),
+            "{:?}",
+            sni.log.all()
+        );
+    })
+}
+
+#[test]
 fn a_pair_removed_and_written_again_within_an_interval_never_flaps() {
     smol::block_on(async {
         let sni = Sni::start(&[("d", 0x1001, &["d.example.com"])]).await;
