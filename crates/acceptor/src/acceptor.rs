@@ -584,8 +584,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Hello<IO> {
             self.seen.extend_from_slice(&buf[..n]);
             let mut rest = &buf[..n];
             while !rest.is_empty() {
-                if let Err(error) = self.acceptor.read_tls(&mut rest) {
-                    return HelloStep::Failed(io::Error::new(io::ErrorKind::InvalidData, error));
+                match self.acceptor.read_tls(&mut rest) {
+                    Ok(0) => {
+                        // rustls took nothing: never spin on it.
+                        return HelloStep::Failed(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "ClientHello not taken",
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        return HelloStep::Failed(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            error,
+                        ));
+                    }
                 }
             }
             let accepted = match self.acceptor.accept() {
