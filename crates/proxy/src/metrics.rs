@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     target_connect_failures: AtomicU64,
     clients_denied: AtomicU64,
     idle_timeouts: AtomicU64,
+    status_evictions: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -35,6 +36,8 @@ pub(crate) struct Counts {
     pub(crate) clients_denied: u64,
     /// Connections closed by `--idle-timeout`.
     pub(crate) idle_timeouts: u64,
+    /// Status page connections closed unanswered to make room.
+    pub(crate) status_evictions: u64,
 }
 
 impl Counters {
@@ -71,6 +74,11 @@ impl Counters {
         self.idle_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A status page connection was closed unanswered to make room.
+    pub(crate) fn status_evicted(&self) {
+        self.status_evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counts now.
     pub(crate) fn snapshot(&self) -> Counts {
         Counts {
@@ -80,6 +88,7 @@ impl Counters {
             target_connect_failures: self.target_connect_failures.load(Ordering::Relaxed),
             clients_denied: self.clients_denied.load(Ordering::Relaxed),
             idle_timeouts: self.idle_timeouts.load(Ordering::Relaxed),
+            status_evictions: self.status_evictions.load(Ordering::Relaxed),
         }
     }
 }
@@ -213,7 +222,7 @@ pub(crate) fn prometheus(
         ];
         write_metrics(&mut out, &metrics);
     }
-    let metrics: [(&str, &str, &str, i128); 6] = [
+    let metrics: [(&str, &str, &str, i128); 7] = [
         (
             "tls_reload_connections_active",
             "gauge",
@@ -249,6 +258,12 @@ pub(crate) fn prometheus(
             "counter",
             "Connections closed after --idle-timeout of silence both ways.",
             counts.idle_timeouts.into(),
+        ),
+        (
+            "tls_reload_proxy_status_evictions_total",
+            "counter",
+            "Status page connections closed unanswered to make room when the page was full.",
+            counts.status_evictions.into(),
         ),
     ];
     write_metrics(&mut out, &metrics);
@@ -373,6 +388,7 @@ mod tests {
                 target_connect_failures: 1,
                 clients_denied: 0,
                 idle_timeouts: 0,
+                status_evictions: 0,
             }
         );
     }

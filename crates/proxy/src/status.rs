@@ -104,7 +104,9 @@ pub(crate) async fn serve(
             None => {
                 // The evicted connection gives its slot back as soon as its
                 // task sees the eviction.
-                evictable.evict_oldest();
+                if evictable.evict_oldest() {
+                    sources.counters.status_evicted();
+                }
                 note_full(&full);
                 slots.acquire_arc().await
             }

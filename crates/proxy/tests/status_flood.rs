@@ -103,6 +103,16 @@ fn metrics_answer_within_a_second_past_1100_idle_connections_over_the_cap() {
     );
     let log = proxy.stderr();
     assert!(evicted(&log).len() <= 2, "too many eviction lines:\n{log}");
+    // ... and counted in /metrics.
+    let (_, answer) = scrape(status, flood.idle.len());
+    let counted = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("tls_reload_proxy_status_evictions_total "))
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    assert!(
+        counted.is_some_and(|n| n >= over),
+        "evictions not counted (want at least {over}): {answer}"
+    );
 }
 
 /// A proxy with `--status`, the status address and the proxy's files.
