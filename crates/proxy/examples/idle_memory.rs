@@ -18,6 +18,8 @@
 //! as root with CAP_SYS_RESOURCE), and N that do not fit are skipped with a
 //! note. Under a hard limit of 20,000, N = 9,900 is the largest that fits.
 
+mod common;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -27,9 +29,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rcgen::{CertificateParams, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use common::{client_config, connect, write_certificate, Tls};
+use rustls::ClientConfig;
 use smol::Async;
 
 /// Connections opened and closed before the first reading, so that
@@ -162,21 +163,6 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS")
-}
-
-/// A self-signed ECDSA P-256 certificate for `localhost`, written as PEM,
-/// and both in one file for HAProxy.
-fn write_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, CertificateDer<'static>)> {
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["localhost".into()])?.self_signed(&key)?;
-    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert_path, cert.pem())?;
-    std::fs::write(&key_path, key.serialize_pem())?;
-    std::fs::write(
-        dir.join("haproxy.pem"),
-        format!("{}{}", cert.pem(), key.serialize_pem()),
-    )?;
-    Ok((cert_path, key_path, cert.der().clone()))
 }
 
 /// The echo backend: this example again, with `--backend`, in a process of
@@ -397,33 +383,4 @@ impl Drop for Server {
 
 fn free_port() -> io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
-/// TLS 1.3 with TLS_AES_128_GCM_SHA256 only, trusting `root`, without
-/// resumption (every connection is a full handshake).
-fn client_config(root: CertificateDer<'static>) -> anyhow::Result<Arc<ClientConfig>> {
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
-    let mut roots = RootCertStore::empty();
-    roots.add(root)?;
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
-}
-
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-fn connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> anyhow::Result<Tls> {
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let conn = ClientConnection::new(config.clone(), ServerName::try_from("localhost")?)?;
-    let mut tls = StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    Ok(tls)
 }

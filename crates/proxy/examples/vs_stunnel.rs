@@ -14,6 +14,8 @@
 //! proxy binary at PATH (an earlier build, say) runs too, as a third column;
 //! `VS_STUNNEL_ARGS="--threads 4"` adds flags to ours (not the baseline).
 
+mod common;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,9 +26,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rcgen::{CertificateParams, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use common::{client_config, connect, write_certificate};
+use rustls::ClientConfig;
 
 /// Concurrent clients opening connections in the connections/s test.
 const HANDSHAKE_CLIENTS: usize = 8;
@@ -136,16 +137,6 @@ fn main() -> anyhow::Result<()> {
         (streamed[0].0 / streamed[0].1) / (streamed[stunnel].0 / streamed[stunnel].1)
     );
     Ok(())
-}
-
-/// A self-signed ECDSA P-256 certificate for `localhost`, written as PEM.
-fn write_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, CertificateDer<'static>)> {
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["localhost".into()])?.self_signed(&key)?;
-    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert_path, cert.pem())?;
-    std::fs::write(&key_path, key.serialize_pem())?;
-    Ok((cert_path, key_path, cert.der().clone()))
 }
 
 /// The backend: after a first byte `D` it sends zeros until the client
@@ -296,35 +287,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// TLS 1.3 with TLS_AES_128_GCM_SHA256 only, trusting `root`, without
-/// resumption (every connection is a full handshake).
-fn client_config(root: CertificateDer<'static>) -> anyhow::Result<Arc<ClientConfig>> {
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
-    let mut roots = RootCertStore::empty();
-    roots.add(root)?;
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
-}
-
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-fn connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> anyhow::Result<Tls> {
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let conn = ClientConnection::new(config.clone(), ServerName::try_from("localhost")?)?;
-    let mut tls = StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    Ok(tls)
 }
 
 fn negotiated(addr: SocketAddr, config: &Arc<ClientConfig>) -> anyhow::Result<(String, String)> {
