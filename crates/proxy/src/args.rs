@@ -84,7 +84,7 @@ options:
   --events on|off            on: file-system events (inotify) wake a check at once,
                              with --interval as the backstop; off: poll only [default: on]
   --status ADDR              serve plain HTTP on ADDR: GET /status (JSON) and
-                             GET /metrics (Prometheus text format)
+                             GET /metrics (Prometheus, OpenMetrics text)
   --max-connections N        most client connections open at once, handshakes
                              included; beyond it new connections wait in the
                              listen backlog until one closes [default: 10000]
@@ -210,7 +210,7 @@ struct Cli {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set, help_heading = "Options")]
     events: bool,
     /// serve plain HTTP on ADDR: GET /status (JSON) and GET /metrics
-    /// (Prometheus text format)
+    /// (Prometheus, OpenMetrics text)
     #[arg(long, value_name = "ADDR", value_parser = socket_addr, help_heading = "Options")]
     status: Option<SocketAddr>,
     /// most client connections open at once, handshakes included; beyond it

@@ -1,10 +1,15 @@
-//! Connection counters, and the `/status` JSON and `/metrics` Prometheus
+//! Connection counters, and the `/status` JSON and `/metrics` OpenMetrics
 //! text made from them and the acceptor's [`Status`].
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tls_reload_acceptor::{ConnectorStatus, Status};
 
@@ -184,175 +189,192 @@ fn listener_json(status: &Status) -> Value {
     })
 }
 
-/// The `/metrics` page in the Prometheus text format, version 0.0.4: the
-/// listener's reloads (with a TLS listener), the connection counts and the
-/// target side's reloads (with `--target-tls`).
-pub(crate) fn prometheus(
-    status: Option<&Status>,
-    target: Option<&ConnectorStatus>,
-    counts: &Counts,
+/// The `/metrics` page in the OpenMetrics text format, encoded by
+/// prometheus-client: the listener's reloads (with a TLS listener), the
+/// connection counts and the target side's reloads (with `--target-tls`).
+/// Counters are named without `_total`, which the encoder appends to their
+/// samples (`# TYPE tls_reload_reloads_applied counter`, then
+/// `tls_reload_reloads_applied_total 2`); the page ends with `# EOF`.
+pub(crate) fn openmetrics(
+    status: Option<Status>,
+    target: Option<ConnectorStatus>,
+    counts: Counts,
 ) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Page {
+        status,
+        target,
+        counts,
+    }));
     let mut out = String::new();
-    if let Some(status) = status {
-        let metrics: [(&str, &str, &str, i128); 4] = [
-            (
-                "tls_reload_reloads_applied_total",
-                "counter",
+    // Writing to a String cannot fail, and every metric below encodes.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// The content type of [`openmetrics`]'s page.
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape's values, encoded by prometheus-client when the page is
+/// written.
+#[derive(Debug)]
+struct Page {
+    status: Option<Status>,
+    target: Option<ConnectorStatus>,
+    counts: Counts,
+}
+
+impl Collector for Page {
+    fn encode(&self, mut out: DescriptorEncoder<'_>) -> fmt::Result {
+        let out = &mut out;
+        if let Some(status) = &self.status {
+            counter(
+                out,
+                "tls_reload_reloads_applied",
                 "Certificate reloads applied since start-up.",
-                status.reloads_applied.into(),
-            ),
-            (
-                "tls_reload_reloads_failed_total",
-                "counter",
+                status.reloads_applied,
+            )?;
+            counter(
+                out,
+                "tls_reload_reloads_failed",
                 "Certificate reloads that failed (the last good certificate kept serving).",
-                status.reloads_failed.into(),
-            ),
-            (
+                status.reloads_failed,
+            )?;
+            gauge(
+                out,
                 "tls_reload_last_reload_success_timestamp_seconds",
-                "gauge",
                 "Unix time the certificate now served was loaded.",
-                unix_seconds(status.applied_at).into(),
-            ),
-            (
+                unix_seconds(status.applied_at),
+            )?;
+            gauge(
+                out,
                 "tls_reload_detection_events",
-                "gauge",
                 "1 when file-system events wake the checks, 0 when they poll only (see /status).",
-                i128::from(status.detection.is_events()),
-            ),
-        ];
-        write_metrics(&mut out, &metrics);
-    }
-    let metrics: [(&str, &str, &str, i128); 7] = [
-        (
+                i64::from(status.detection.is_events()),
+            )?;
+        }
+        let counts = &self.counts;
+        gauge(
+            out,
             "tls_reload_connections_active",
-            "gauge",
             "Client connections open now, handshakes included.",
-            counts.active.into(),
-        ),
-        (
-            "tls_reload_connections_total",
-            "counter",
+            i64::try_from(counts.active).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            out,
+            "tls_reload_connections",
             "Client connections accepted since start-up.",
-            counts.total.into(),
-        ),
-        (
-            "tls_reload_handshake_failures_total",
-            "counter",
+            counts.total,
+        )?;
+        counter(
+            out,
+            "tls_reload_handshake_failures",
             "TLS handshakes that failed or timed out.",
-            counts.handshake_failures.into(),
-        ),
-        (
-            "tls_reload_target_connect_failures_total",
-            "counter",
+            counts.handshake_failures,
+        )?;
+        counter(
+            out,
+            "tls_reload_target_connect_failures",
             "Connections to the target that failed or timed out.",
-            counts.target_connect_failures.into(),
-        ),
-        (
-            "tls_reload_proxy_clients_denied_total",
-            "counter",
+            counts.target_connect_failures,
+        )?;
+        counter(
+            out,
+            "tls_reload_proxy_clients_denied",
             "Clients closed after their handshake because no --allow-cn, --allow-dns or --allow-uri named them.",
-            counts.clients_denied.into(),
-        ),
-        (
-            "tls_reload_proxy_idle_timeouts_total",
-            "counter",
+            counts.clients_denied,
+        )?;
+        counter(
+            out,
+            "tls_reload_proxy_idle_timeouts",
             "Connections closed after --idle-timeout of silence both ways.",
-            counts.idle_timeouts.into(),
-        ),
-        (
-            "tls_reload_proxy_status_evictions_total",
-            "counter",
+            counts.idle_timeouts,
+        )?;
+        counter(
+            out,
+            "tls_reload_proxy_status_evictions",
             "Status page connections closed unanswered to make room when the page was full.",
-            counts.status_evictions.into(),
-        ),
-    ];
-    write_metrics(&mut out, &metrics);
-    if let Some(target) = target {
-        let metrics: [(&str, &str, &str, i128); 3] = [
-            (
-                "tls_reload_proxy_target_reloads_applied_total",
-                "counter",
+            counts.status_evictions,
+        )?;
+        if let Some(target) = &self.target {
+            counter(
+                out,
+                "tls_reload_proxy_target_reloads_applied",
                 "Reloads of the client identity and roots used towards the target (--target-tls) applied since start-up.",
-                target.reloads_applied.into(),
-            ),
-            (
-                "tls_reload_proxy_target_reloads_failed_total",
-                "counter",
+                target.reloads_applied,
+            )?;
+            counter(
+                out,
+                "tls_reload_proxy_target_reloads_failed",
                 "Reloads of the client identity and roots used towards the target that failed (the last good ones kept).",
-                target.reloads_failed.into(),
-            ),
-            (
+                target.reloads_failed,
+            )?;
+            gauge(
+                out,
                 "tls_reload_proxy_target_identity_not_after_seconds",
-                "gauge",
                 "Unix time the client certificate presented to the target expires (0 without one).",
                 target
                     .identity
                     .as_ref()
-                    .map_or(0, |leaf| unix_seconds(leaf.not_after))
-                    .into(),
-            ),
-        ];
-        write_metrics(&mut out, &metrics);
+                    .map_or(0, |leaf| unix_seconds(leaf.not_after)),
+            )?;
+        }
+        if let Some(status) = &self.status {
+            certificate_metrics(out, status)?;
+        }
+        Ok(())
     }
-    if let Some(status) = status {
-        certificate_metrics(&mut out, status);
-    }
-    out
 }
 
-/// Unlabelled metrics: name, type, help and value.
-fn write_metrics(out: &mut String, metrics: &[(&str, &str, &str, i128)]) {
-    for (name, kind, help, value) in metrics {
-        let _ = write!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        );
-    }
+/// An unlabelled counter; `name` without `_total`.
+fn counter(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    out.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+/// An unlabelled gauge.
+fn gauge(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
+    out.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
 }
 
 /// The not-after of the served leaf and of every client CA, and the
 /// `nextUpdate` of every CRL in force, as labelled gauges.
-fn certificate_metrics(out: &mut String, status: &Status) {
-    let name = "tls_reload_certificate_not_after_seconds";
-    let _ = write!(
-        out,
-        "# HELP {name} Unix time a served certificate expires (kind: leaf or client_ca).\n# TYPE {name} gauge\n"
-    );
+fn certificate_metrics(out: &mut DescriptorEncoder<'_>, status: &Status) -> fmt::Result {
+    let mut not_after = out.encode_descriptor(
+        "tls_reload_certificate_not_after_seconds",
+        "Unix time a served certificate expires (kind: leaf or client_ca).",
+        None,
+        MetricType::Gauge,
+    )?;
     let certs = std::iter::once(("leaf", status.leaf.serial_hex(), status.leaf.not_after)).chain(
         status
             .client_cas
             .iter()
             .map(|ca| ("client_ca", ca.serial_hex(), ca.not_after)),
     );
-    for (kind, serial, not_after) in certs {
-        let _ = writeln!(
-            out,
-            "{name}{{kind=\"{kind}\",serial=\"{serial}\"}} {}",
-            unix_seconds(not_after)
-        );
+    for (kind, serial, expires) in certs {
+        let labels = [("kind", kind), ("serial", serial.as_str())];
+        not_after
+            .encode_family(&labels)?
+            .encode_gauge(&unix_seconds(expires))?;
     }
-    let name = "tls_reload_crl_next_update_seconds";
-    let _ = write!(
-        out,
-        "# HELP {name} Unix time a CRL in force is due to be replaced (its nextUpdate).\n# TYPE {name} gauge\n"
-    );
+    let mut next_update = out.encode_descriptor(
+        "tls_reload_crl_next_update_seconds",
+        "Unix time a CRL in force is due to be replaced (its nextUpdate).",
+        None,
+        MetricType::Gauge,
+    )?;
     for crl in &status.crls {
         if let Some(next) = crl.next_update {
-            let _ = writeln!(
-                out,
-                "{name}{{issuer=\"{}\"}} {}",
-                label_value(&crl.issuer),
-                unix_seconds(next)
-            );
+            let labels = [("issuer", crl.issuer.as_str())];
+            next_update
+                .encode_family(&labels)?
+                .encode_gauge(&unix_seconds(next))?;
         }
     }
-}
-
-/// A Prometheus label value: backslash, double quote and newline escaped.
-fn label_value(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    Ok(())
 }
 
 /// Seconds since the unix epoch, negative before it.
@@ -394,11 +416,33 @@ mod tests {
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(
-            label_value("CN=a\\b, O=\"q\"\n"),
-            "CN=a\\\\b, O=\\\"q\\\"\\n"
-        );
+    fn the_page_is_openmetrics_with_todays_sample_names() {
+        let counts = Counts {
+            active: 1,
+            total: 2,
+            handshake_failures: 3,
+            target_connect_failures: 4,
+            clients_denied: 5,
+            idle_timeouts: 6,
+            status_evictions: 7,
+        };
+        let page = openmetrics(None, None, counts);
+        for line in [
+            "# HELP tls_reload_connections_active Client connections open now, handshakes included.\n",
+            "# TYPE tls_reload_connections_active gauge\ntls_reload_connections_active 1\n",
+            "# TYPE tls_reload_connections counter\ntls_reload_connections_total 2\n",
+            "\ntls_reload_handshake_failures_total 3\n",
+            "\ntls_reload_target_connect_failures_total 4\n",
+            "\ntls_reload_proxy_clients_denied_total 5\n",
+            "\ntls_reload_proxy_idle_timeouts_total 6\n",
+            "\ntls_reload_proxy_status_evictions_total 7\n",
+        ] {
+            assert!(page.contains(line), "{line:?} not in:\n{page}");
+        }
+        assert!(page.ends_with("\n# EOF\n"), "{page}");
+        // Without a TLS listener or --target-tls, neither side's metrics.
+        assert!(!page.contains("reloads"), "{page}");
+        assert!(!page.contains("not_after"), "{page}");
     }
 
     #[test]

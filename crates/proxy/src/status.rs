@@ -1,6 +1,6 @@
 //! The status page: a tiny HTTP/1.1 server on its own listener.
 //!
-//! `GET /status` answers JSON, `GET /metrics` the Prometheus text format;
+//! `GET /status` answers JSON, `GET /metrics` the OpenMetrics text format;
 //! another path is a 404 and another method a 405. One request per
 //! connection: the head is read (at most 8 KiB, else 431, within 2 s, else
 //! 408), the answer always carries `Content-Length` and
@@ -34,7 +34,7 @@ use smol::lock::Semaphore;
 use smol::Executor;
 use tls_reload_acceptor::{ConnectorStatus, ReloadingAcceptor, ReloadingConnector, Status};
 
-use crate::metrics::{prometheus, status_json, Counters, Counts};
+use crate::metrics::{openmetrics, status_json, Counters, Counts, OPENMETRICS_CONTENT_TYPE};
 
 /// The most a request head may take.
 const HEAD_LIMIT: usize = 8 * 1024;
@@ -427,10 +427,10 @@ fn respond(route: Route, sources: &Sources) -> Response {
         },
         Route::Metrics => Response {
             code,
-            content_type: "text/plain; version=0.0.4",
+            content_type: OPENMETRICS_CONTENT_TYPE,
             body: {
                 let (listener, target, counts) = sources.snapshot();
-                prometheus(listener.as_ref(), target.as_ref(), &counts)
+                openmetrics(listener, target, counts)
             },
         },
         Route::BadRequest => text("bad request"),

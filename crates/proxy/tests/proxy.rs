@@ -248,23 +248,27 @@ fn status_and_metrics_report_reloads_and_connections() {
     let (code, head, metrics) = http(status_addr, "GET", "/metrics");
     assert_eq!(code, 200);
     assert!(
-        head.contains("Content-Type: text/plain; version=0.0.4"),
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
         "{head}"
     );
+    assert!(metrics.ends_with("\n# EOF\n"), "{metrics}");
+    // OpenMetrics: a counter family is named without `_total`, its sample
+    // with it.
     let expected = [
-        ("tls_reload_reloads_applied_total", "counter", 1),
-        ("tls_reload_reloads_failed_total", "counter", 0),
+        ("tls_reload_reloads_applied", "_total", "counter", 1),
+        ("tls_reload_reloads_failed", "_total", "counter", 0),
         (
             "tls_reload_last_reload_success_timestamp_seconds",
+            "",
             "gauge",
             second["applied_at"].as_i64().unwrap(),
         ),
-        ("tls_reload_connections_active", "gauge", 0),
-        ("tls_reload_connections_total", "counter", 2),
-        ("tls_reload_handshake_failures_total", "counter", 1),
-        ("tls_reload_target_connect_failures_total", "counter", 0),
+        ("tls_reload_connections_active", "", "gauge", 0),
+        ("tls_reload_connections", "_total", "counter", 2),
+        ("tls_reload_handshake_failures", "_total", "counter", 1),
+        ("tls_reload_target_connect_failures", "_total", "counter", 0),
     ];
-    for (name, kind, value) in expected {
+    for (name, suffix, kind, value) in expected {
         assert!(
             metrics.contains(&format!("# HELP {name} ")),
             "{name}:\n{metrics}"
@@ -274,7 +278,7 @@ fn status_and_metrics_report_reloads_and_connections() {
             "{name}:\n{metrics}"
         );
         assert!(
-            metrics.contains(&format!("\n{name} {value}\n")),
+            metrics.contains(&format!("\n{name}{suffix} {value}\n")),
             "{name}:\n{metrics}"
         );
     }
