@@ -87,7 +87,11 @@ impl ReloadingConnector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        futures_rustls::TlsConnector::from(self.shared.engine.load()).connect(server_name, io)
+        self.shared
+            .engine
+            .serving()
+            .connector
+            .connect(server_name, io)
     }
 
     /// The future that watches the files and reloads on a change. Spawn it
@@ -147,7 +151,7 @@ impl ReloadingConnector {
 
     /// The config new connections get now.
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.shared.engine.load()
+        self.shared.engine.serving().config.clone()
     }
 
     /// The build now in use, with its identity and roots.
@@ -333,11 +337,19 @@ impl fmt::Debug for ConnectorBuilder {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ClientKind;
 
+/// What new connections start from: the config, and futures-rustls's
+/// connector over it, so that a connect clones the config's `Arc` once, as
+/// futures-rustls alone does.
+pub(crate) struct Connecting {
+    config: Arc<ClientConfig>,
+    connector: futures_rustls::TlsConnector,
+}
+
 impl Kind for ClientKind {
     type Materials = ClientMaterials;
     type Template = ClientTemplate;
     type Built = ClientBuilt;
-    type Served = ClientConfig;
+    type Served = Connecting;
     type Event = ConnectorEvent;
 
     fn build(
@@ -349,8 +361,12 @@ impl Kind for ClientKind {
         tls_reload_build::build_client_blocking(materials, template, previous)
     }
 
-    fn served(&self, built: &ClientBuilt) -> Arc<ClientConfig> {
-        built.config().clone()
+    fn served(&self, built: &ClientBuilt) -> Arc<Connecting> {
+        let config = built.config().clone();
+        Arc::new(Connecting {
+            connector: futures_rustls::TlsConnector::from(config.clone()),
+            config,
+        })
     }
 
     fn paths(&self, materials: &ClientMaterials) -> Vec<PathBuf> {

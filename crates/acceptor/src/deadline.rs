@@ -7,14 +7,17 @@
 //! the same grain waits on one shared timer: a wake-up per grain.
 //!
 //! ```text
-//!  Deadlines ── newest: ArcSwapOption<Grain> ──► Grain { number, fired, waiting, timer }
+//!  Deadlines ── newest: ArcSwapOption<Grain> ──► Grain { end_ns, fired, waiting, timer }
 //!                                                   ▲            ▲
 //!  Deadline (one per handshake) ── Arc<Grain> ──────┘            │ woken through a Weak
 //!                                                   async-io Timer (in the reactor)
 //! ```
 //!
 //! - The newest grain sits in an `ArcSwapOption`, so starting a deadline is
-//!   a clock read and an atomic load: no lock, no allocation. Two accepts
+//!   a clock read, an atomic load and a comparison: no lock, no allocation,
+//!   no division. The clock is Linux's coarse monotonic clock (the last
+//!   tick, about 5 ns to read where `Instant::now` takes 27 ns); a deadline
+//!   adds the tick to the timeout, so it never ends early. Two accepts
 //!   that open the same new grain at once may each make one; the last one
 //!   stored is shared from then on, and the other serves its own handshake.
 //! - A grain's timer is registered with the reactor once, when the grain is
@@ -23,9 +26,9 @@
 //!   last handshake and `Deadlines` let go of the grain, its timer goes too.
 //! - `waiting` (a mutex, held for a few lines, no user code under it) keeps
 //!   the waker of each handshake that waits, in a slot it reuses. A
-//!   handshake takes a slot on its first pending poll, keeps a copy of the
-//!   waker it left so later polls compare without locking, and gives the
-//!   slot back when dropped.
+//!   handshake takes a slot on its first pending poll, keeps which waker it
+//!   left (its pointers, not a clone) so later polls compare without
+//!   locking, and gives the slot back when dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -39,53 +42,153 @@ use futures::FutureExt;
 
 #[derive(Debug)]
 pub(crate) struct Deadlines {
-    /// The timeout in nanoseconds.
-    timeout_ns: u64,
+    /// The timeout plus how far the clock may lag, in nanoseconds: a
+    /// reading plus this is the earliest a deadline may end.
+    wait_ns: u64,
     /// The grain in nanoseconds (at least a millisecond).
     grain_ns: u64,
-    origin: Instant,
+    clock: Clock,
     /// The newest grain.
     newest: ArcSwapOption<Grain>,
 }
 
 impl Deadlines {
     pub(crate) fn new(timeout: Duration) -> Self {
+        let clock = Clock::new();
         Self {
-            timeout_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
+            wait_ns: u64::try_from(timeout.as_nanos())
+                .unwrap_or(u64::MAX)
+                .saturating_add(clock.lag_ns),
             grain_ns: u64::try_from(
                 (timeout / 32)
                     .clamp(Duration::from_millis(1), Duration::from_millis(250))
                     .as_nanos(),
             )
             .unwrap_or(1_000_000),
-            origin: Instant::now(),
+            clock,
             newest: ArcSwapOption::empty(),
         }
     }
 
     /// A deadline that passes between `timeout` and `timeout` plus one grain
-    /// from now; `None` when that is too far to represent.
+    /// (and one tick of the clock) from now; `None` when that is too far to
+    /// represent.
+    #[inline]
     pub(crate) fn start(&self) -> Option<Deadline> {
-        // Integer grains since `origin` (no 128-bit division on the accept
-        // path); the instant is only made for a new grain.
-        let now = Instant::now().saturating_duration_since(self.origin);
-        let since = now
-            .as_secs()
-            .checked_mul(1_000_000_000)?
-            .checked_add(u64::from(now.subsec_nanos()))?
-            .checked_add(self.timeout_ns)?;
-        let number = since.div_ceil(self.grain_ns);
+        // A cheap clock read, an addition and a comparison: the newest grain
+        // serves every handshake whose earliest end it does not precede.
+        let due = self.due_ns()?;
         if let Some(newest) = &*self.newest.load() {
-            if newest.number == number {
+            if due <= newest.end_ns {
                 return Some(Deadline::new(newest.clone()));
             }
         }
+        self.start_grain(due)
+    }
+
+    /// The earliest a deadline starting now may pass, in nanoseconds since
+    /// the clock's origin; `None` when too far to represent.
+    #[inline]
+    fn due_ns(&self) -> Option<u64> {
+        self.clock.elapsed_ns().checked_add(self.wait_ns)
+    }
+
+    /// The end of the grain `due_ns` falls in: in nanoseconds since the
+    /// clock's origin, and as an instant.
+    fn grain_end(&self, due_ns: u64) -> Option<(u64, Instant)> {
+        let end_ns = due_ns.div_ceil(self.grain_ns).checked_mul(self.grain_ns)?;
         let when = self
+            .clock
             .origin
-            .checked_add(Duration::from_nanos(number.checked_mul(self.grain_ns)?))?;
-        let grain = Grain::start(number, when);
+            .checked_add(Duration::from_nanos(end_ns))?;
+        Some((end_ns, when))
+    }
+
+    /// Opens the grain that `due` falls in, once per grain.
+    #[cold]
+    fn start_grain(&self, due: u64) -> Option<Deadline> {
+        let (end_ns, when) = self.grain_end(due)?;
+        let grain = Grain::start(end_ns, when);
         self.newest.store(Some(grain.clone()));
         Some(Deadline::new(grain))
+    }
+}
+
+/// A monotonic clock that is cheap to read, as nanoseconds since an
+/// `origin` instant: `CLOCK_MONOTONIC_COARSE` on Linux (the last tick's
+/// time, read without a system call), `Instant` elsewhere. A reading is
+/// within `lag_ns` of the time since `origin`, either way (the coarse
+/// origin may itself lag by a tick).
+#[derive(Debug)]
+struct Clock {
+    origin: Instant,
+    /// How far behind a reading may be: one tick of the coarse clock.
+    lag_ns: u64,
+    /// The coarse clock's reading at (just before) `origin`.
+    #[cfg(target_os = "linux")]
+    coarse_origin: Option<nix::sys::time::TimeSpec>,
+}
+
+impl Clock {
+    /// The most a coarse clock may lag to be used: beyond it (an odd
+    /// kernel) deadlines would get that much looser, so `Instant` serves.
+    #[cfg(target_os = "linux")]
+    const MAX_LAG_NS: u64 = 20_000_000;
+
+    fn new() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::time::{clock_getres, clock_gettime, ClockId};
+            let coarse = ClockId::CLOCK_MONOTONIC_COARSE;
+            let lag_ns = clock_getres(coarse)
+                .ok()
+                .and_then(|tick| {
+                    u64::try_from(nix::sys::time::TimeValLike::num_nanoseconds(&tick)).ok()
+                })
+                .filter(|lag| (1..=Self::MAX_LAG_NS).contains(lag));
+            // Read before `origin`: the coarse origin is never later.
+            if let Some((lag_ns, coarse_origin)) = lag_ns.zip(clock_gettime(coarse).ok()) {
+                return Self {
+                    origin: Instant::now(),
+                    lag_ns,
+                    coarse_origin: Some(coarse_origin),
+                };
+            }
+            Self {
+                origin: Instant::now(),
+                lag_ns: 0,
+                coarse_origin: None,
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Self {
+            origin: Instant::now(),
+            lag_ns: 0,
+        }
+    }
+
+    /// Nanoseconds since `origin`, within `lag_ns`; saturates at
+    /// `u64::MAX` (some five centuries).
+    #[inline]
+    fn elapsed_ns(&self) -> u64 {
+        #[cfg(target_os = "linux")]
+        // It fails only for a clock the kernel lacks, which `new` ruled out;
+        // `Instant` would answer then.
+        if let Some((origin, now)) = self
+            .coarse_origin
+            .as_ref()
+            .zip(nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).ok())
+        {
+            let nanos = (now.tv_sec().saturating_sub(origin.tv_sec()))
+                .saturating_mul(1_000_000_000)
+                .saturating_add(now.tv_nsec().saturating_sub(origin.tv_nsec()));
+            return u64::try_from(nanos).unwrap_or(0);
+        }
+        let since = Instant::now().saturating_duration_since(self.origin);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
     }
 }
 
@@ -93,7 +196,9 @@ impl Deadlines {
 /// tells them.
 #[derive(Debug)]
 struct Grain {
-    number: u64,
+    /// When its handshakes' deadlines pass, in nanoseconds since the
+    /// clock's origin.
+    end_ns: u64,
     fired: AtomicBool,
     waiting: Mutex<Waiting>,
     /// Registered with the reactor at start; kept so it stays registered.
@@ -108,9 +213,9 @@ struct Waiting {
 }
 
 impl Grain {
-    fn start(number: u64, when: Instant) -> Arc<Self> {
+    fn start(end_ns: u64, when: Instant) -> Arc<Self> {
         let grain = Arc::new(Self {
-            number,
+            end_ns,
             fired: AtomicBool::new(false),
             waiting: Mutex::default(),
             timer: Mutex::new(None),
@@ -153,8 +258,23 @@ impl ArcWake for Ring {
 #[derive(Debug)]
 pub(crate) struct Deadline {
     grain: Arc<Grain>,
-    /// The slot this handshake's waker is in, and a copy of that waker.
-    slot: Option<(usize, Waker)>,
+    /// The slot this handshake's waker is in, and which waker that is.
+    slot: Option<(usize, WakerId)>,
+}
+
+/// Which waker a slot holds: what [`Waker::will_wake`] compares (its data
+/// and vtable pointers), kept as addresses, so that a later poll with the
+/// same waker neither locks nor clones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WakerId(usize, usize);
+
+impl WakerId {
+    fn of(waker: &Waker) -> Self {
+        Self(
+            waker.data() as usize,
+            std::ptr::from_ref(waker.vtable()) as usize,
+        )
+    }
 }
 
 impl Deadline {
@@ -168,32 +288,36 @@ impl Deadline {
         if self.grain.fired.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        match &self.slot {
-            Some((_, waker)) if waker.will_wake(cx.waker()) => return Poll::Pending,
+        let id = WakerId::of(cx.waker());
+        match self.slot {
+            Some((_, left)) if left == id => return Poll::Pending,
             _ => {}
         }
         let waker = cx.waker().clone();
         {
             let mut waiting = lock(&self.grain.waiting);
             let waiting = &mut *waiting;
-            match self.slot.as_ref().map(|(slot, _)| *slot) {
+            match self.slot {
                 // The grain fired and took the slots: the check below sees it.
-                Some(slot) if slot >= waiting.wakers.len() => {}
-                Some(slot) => waiting.wakers[slot] = Some(waker.clone()),
+                Some((slot, _)) if slot >= waiting.wakers.len() => {}
+                Some((slot, _)) => waiting.wakers[slot] = Some(waker),
                 None => {
                     let slot = match waiting.free.pop() {
                         Some(slot) => {
-                            waiting.wakers[slot] = Some(waker.clone());
+                            waiting.wakers[slot] = Some(waker);
                             slot
                         }
                         None => {
-                            waiting.wakers.push(Some(waker.clone()));
+                            waiting.wakers.push(Some(waker));
                             waiting.wakers.len() - 1
                         }
                     };
-                    self.slot = Some((slot, waker));
+                    self.slot = Some((slot, id));
                 }
             }
+        }
+        if let Some((_, left)) = &mut self.slot {
+            *left = id;
         }
         // A fire between the first check and the registration took the
         // wakers before this one was in: look again.
@@ -281,6 +405,24 @@ mod tests {
             weak.upgrade().is_none(),
             "no cycle through the timer's waker"
         );
+    }
+
+    #[test]
+    fn the_clock_is_within_a_tick_of_the_time_since_its_origin() {
+        let clock = Clock::new();
+        for _ in 0..1000 {
+            let before = clock.origin.elapsed();
+            let reading = Duration::from_nanos(clock.elapsed_ns());
+            let after = clock.origin.elapsed();
+            let lag = Duration::from_nanos(clock.lag_ns);
+            assert!(reading <= after + lag, "{reading:?} ahead of {after:?}");
+            assert!(
+                reading + lag >= before,
+                "{reading:?} more than {} ns behind {before:?}",
+                clock.lag_ns
+            );
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 
     #[test]

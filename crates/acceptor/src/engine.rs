@@ -264,9 +264,11 @@ impl<K: Kind> Engine<K> {
         }
     }
 
-    /// What the hot path uses now: one atomic load, no lock.
-    pub(crate) fn load(&self) -> Arc<K::Served> {
-        self.served.load_full()
+    /// What the hot path uses now, borrowed: one atomic load, no lock and
+    /// no reference count touched (hold it briefly: a store waits for no
+    /// guard, but the old value lives until the guard goes).
+    pub(crate) fn serving(&self) -> arc_swap::Guard<Arc<K::Served>> {
+        self.served.load()
     }
 
     /// Where this engine's events go.

@@ -32,7 +32,7 @@ impl Kind for ServerKind {
     type Materials = Materials;
     type Template = Template;
     type Built = Built;
-    type Served = ServerConfig;
+    type Served = Serving;
     type Event = ReloadEvent;
 
     fn build(
@@ -44,16 +44,16 @@ impl Kind for ServerKind {
         tls_reload_build::build_blocking(materials, template, previous)
     }
 
-    fn served(&self, built: &Built) -> Arc<ServerConfig> {
+    fn served(&self, built: &Built) -> Arc<Serving> {
         let Some(sni) = &self.sni else {
-            return built.config().clone();
+            return Arc::new(Serving::new(built.config().clone()));
         };
         // Called where the engine applies a build: the default follows it.
         // The copy shares the build's session storage and ticketer.
         sni.set_default(built.certified_key().cloned());
         let mut config = ServerConfig::clone(built.config());
         config.cert_resolver = sni.clone();
-        Arc::new(config)
+        Arc::new(Serving::new(Arc::new(config)))
     }
 
     fn paths(&self, materials: &Materials) -> Vec<PathBuf> {
@@ -107,6 +107,23 @@ impl Kind for ServerKind {
                 ReloadEvent::ExpiresSoon { kind, certificate }
             }
             Happening::Expired { kind, certificate } => ReloadEvent::Expired { kind, certificate },
+        }
+    }
+}
+
+/// What new handshakes start from: the config, and futures-rustls's
+/// acceptor over it, so that starting a handshake clones the config's `Arc`
+/// once, as futures-rustls alone does (not once more to make the acceptor).
+pub(crate) struct Serving {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) acceptor: futures_rustls::TlsAcceptor,
+}
+
+impl Serving {
+    fn new(config: Arc<ServerConfig>) -> Self {
+        Self {
+            acceptor: futures_rustls::TlsAcceptor::from(config.clone()),
+            config,
         }
     }
 }
@@ -192,7 +209,7 @@ impl Shared {
 
     /// The config for a new handshake: one atomic load, no lock.
     pub(crate) fn config(&self) -> Arc<ServerConfig> {
-        self.engine.load()
+        self.engine.serving().config.clone()
     }
 
     pub(crate) fn status(&self) -> Status {

@@ -301,8 +301,8 @@ mod tests {
         assert!(tick(), "nothing moved");
         std::fs::write(&a_path, "a2").expect("write");
         assert!(!tick());
-        assert_eq!(*a.load(), "a2");
-        assert_eq!(*b.load(), "b1");
+        assert_eq!(**a.serving(), "a2");
+        assert_eq!(**b.serving(), "b1");
         assert_eq!(a_kind.builds.load(Ordering::SeqCst), 2);
         assert_eq!(b_kind.builds.load(Ordering::SeqCst), 1, "b was not rebuilt");
         assert_eq!((a.snapshot().generation, b.snapshot().generation), (2, 1));
