@@ -8,6 +8,11 @@
 //! (a batch of each kind in turn; the median of the rounds' differences),
 //! which a shared, noisy machine moves far less than criterion's
 //! one-after-the-other timings. Budget: ours within 25 ns of plain.
+//!
+//! Plain futures-rustls has no handshake timeout; the usual way to give it
+//! one, an async-io `Timer` raced against the handshake, is measured too,
+//! so that the price of ours can be set against what a timeout costs
+//! otherwise.
 //! `cargo bench --bench accept -- --diff` prints the table alone.
 #![allow(missing_docs)]
 
@@ -16,14 +21,24 @@ use std::task::Context;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use futures::future::select;
 use futures::task::noop_waker_ref;
 use futures::Future;
-use tls_reload::acceptor::{ReloadingAcceptor, Template};
+use tls_reload::acceptor::{ReloadingAcceptor, Template, DEFAULT_HANDSHAKE_TIMEOUT};
 use tls_reload_testkit::{provider, write_pair, Ca, Silent};
 
 fn start_once<F: Future + Unpin>(mut handshake: F) {
     let mut cx = Context::from_waker(noop_waker_ref());
     let _ = Pin::new(&mut handshake).poll(&mut cx);
+}
+
+/// Plain futures-rustls raced against an async-io timer of ours's default
+/// handshake timeout.
+fn plain_with_timer(plain: &futures_rustls::TlsAcceptor) {
+    start_once(select(
+        plain.accept(Silent),
+        async_io::Timer::after(DEFAULT_HANDSHAKE_TIMEOUT),
+    ))
 }
 
 /// The three acceptors the bench compares.
@@ -71,6 +86,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("ours, no handshake timeout", |b| {
         b.iter(|| start_once(untimed.accept(Silent)))
     });
+    group.bench_function("plain futures-rustls with an async-io Timer", |b| {
+        b.iter(|| plain_with_timer(&plain))
+    });
     group.finish();
 }
 
@@ -88,13 +106,16 @@ fn differences() {
     let plain = || start_once(kinds.plain.accept(Silent));
     let ours = || start_once(kinds.ours.accept(Silent));
     let untimed = || start_once(kinds.untimed.accept(Silent));
-    let (mut base, mut timed, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let timer = || plain_with_timer(&kinds.plain);
+    let (mut base, mut timed, mut bare, mut timer_diffs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..31 {
-        let (p, o, u) = (time(&plain), time(&ours), time(&untimed));
+        let (p, o, u, t) = (time(&plain), time(&ours), time(&untimed), time(&timer));
         if round > 0 {
             base.push(p);
             timed.push(o - p);
             bare.push(u - p);
+            timer_diffs.push(t - p);
         }
     }
     println!("\naccept start, median of 30 interleaved rounds of {BATCH} (budget: ours within 25 ns of plain)");
@@ -111,6 +132,11 @@ fn differences() {
         "| ours, no handshake timeout | {:.0} | {:+.0} ns |",
         plain + median(bare.clone()),
         median(bare)
+    );
+    println!(
+        "| plain futures-rustls with an async-io Timer ({DEFAULT_HANDSHAKE_TIMEOUT:?}) | {:.0} | {:+.0} ns |",
+        plain + median(timer_diffs.clone()),
+        median(timer_diffs)
     );
 }
 
