@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use common::{
@@ -20,8 +20,14 @@ use tls_reload_acceptor::{Materials, ReloadEvent, ReloadingAcceptor, TestDetecto
 const EAGER: Duration = Duration::from_millis(2);
 
 /// Rotates to each of `leaves` in turn with `rotate`, with handshakes
-/// running all the while, then checks that the last leaf is served and that no reload was
-/// reported as failed.
+/// running all the while, then checks that the last leaf is served and that
+/// no reload was reported as failed.
+///
+/// A rotation is healthy when its files are all written within the
+/// engine's quiet window (50 ms): a pair left half-written for longer is a
+/// failure by design. So each `rotate` is timed, and should the machine
+/// stall the writer itself for that long between two files, a failure is
+/// expected and not held against the engine (the stall is reported).
 async fn rotate_under_load(
     acceptor: &ReloadingAcceptor,
     ca: &Ca,
@@ -47,8 +53,11 @@ async fn rotate_under_load(
             })
         })
         .collect();
+    let mut longest = Duration::ZERO;
     for leaf in leaves {
+        let started = Instant::now();
         rotate(leaf);
+        longest = longest.max(started.elapsed());
         Timer::after(Duration::from_millis(3)).await;
     }
     let last = leaves[leaves.len() - 1].serial_hex();
@@ -70,9 +79,18 @@ async fn rotate_under_load(
         .collect();
     anyhow::ensure!(serving, "not serving the last leaf: {status:?}");
     anyhow::ensure!(handshakes > 0, "no load ran");
+    let healthy = longest < WRITER_STALL;
+    if !healthy {
+        eprintln!(
+            "the writer stalled {longest:?} within one rotation (the machine is busy): \
+             {} failures not held against the engine",
+            failures.len()
+        );
+    }
     anyhow::ensure!(
-        failures.is_empty() && status.reloads_failed == 0,
-        "healthy rotations reported as failures ({} applied, {handshakes} handshakes): {failures:#?}",
+        !healthy || (failures.is_empty() && status.reloads_failed == 0),
+        "healthy rotations (each written within {longest:?}) reported as failures ({} applied, \
+         {handshakes} handshakes): {failures:#?}",
         status.reloads_applied
     );
     anyhow::ensure!(
@@ -90,6 +108,11 @@ fn leaves(ca: &Ca, first: u16) -> Vec<Leaf> {
 }
 
 const ROTATIONS: usize = 200;
+
+/// A rotation whose files took this long to write may leave a half-written
+/// pair still for the engine's quiet window (50 ms), less a margin for the
+/// timing of the engine's own checks.
+const WRITER_STALL: Duration = Duration::from_millis(40);
 
 #[test]
 fn kubernetes_data_swaps_under_load_are_never_failures() -> anyhow::Result<()> {
