@@ -9,10 +9,12 @@
 //! no resumption, one byte each way, then close). Each measurement runs
 //! SECONDS (default 3) against each proxy in turn, alternating, twice; the
 //! table shows the better run, and each proxy's CPU time (user and system)
-//! per GiB moved in the streamed rows. Needs the release binary next to
+//! per GiB moved in the streamed rows and in the echoed rows (a GiB echoed
+//! crosses the proxy both ways). Needs the release binary next to
 //! this example and `stunnel4` on PATH. With `VS_STUNNEL_BASELINE=PATH`, the
 //! proxy binary at PATH (an earlier build, say) runs too, as a third column;
-//! `VS_STUNNEL_ARGS="--threads 4"` adds flags to ours (not the baseline).
+//! `VS_STUNNEL_ARGS="--threads 4"` adds flags to ours (not the baseline);
+//! `VS_STUNNEL_ONLY="16 conn, echo"` runs only the rows whose name holds it.
 
 mod common;
 
@@ -70,32 +72,33 @@ fn main() -> anyhow::Result<()> {
     );
 
     type Measure = fn(SocketAddr, &Arc<ClientConfig>, Duration) -> anyhow::Result<f64>;
-    let measurements: [(&str, &str, bool, Measure); 5] = [
+    // The CPU row a measurement counts in: 0 streamed, 1 echoed, or none.
+    let measurements: [(&str, &str, Option<usize>, Measure); 5] = [
         (
             "bulk, 1 conn, stream",
             "MB/s",
-            true,
+            Some(0),
             |addr, config, run_for| bulk(addr, config, 1, Bulk::Stream, run_for),
         ),
         (
             "bulk, 16 conn, stream",
             "MB/s",
-            true,
+            Some(0),
             |addr, config, run_for| bulk(addr, config, BULK_CONNECTIONS, Bulk::Stream, run_for),
         ),
         (
             "bulk, 1 conn, echo",
             "MB/s",
-            false,
+            Some(1),
             |addr, config, run_for| bulk(addr, config, 1, Bulk::Echo, run_for),
         ),
         (
             "bulk, 16 conn, echo",
             "MB/s",
-            false,
+            Some(1),
             |addr, config, run_for| bulk(addr, config, BULK_CONNECTIONS, Bulk::Echo, run_for),
         ),
-        ("new connections", "conn/s", false, handshakes),
+        ("new connections", "conn/s", None, handshakes),
     ];
     let stunnel = servers.len() - 1;
     print!("{:<22}", "measurement");
@@ -103,21 +106,28 @@ fn main() -> anyhow::Result<()> {
         print!(" {:>18}", server.name);
     }
     println!(" {:>13}", "ours/stunnel");
-    // CPU seconds and bytes of the streamed rows, per server.
-    let mut streamed = vec![(0f64, 0f64); servers.len()];
-    for (name, unit, stream, measure) in measurements {
+    // CPU seconds and bytes of the streamed and the echoed rows, per server.
+    let mut used = [
+        vec![(0f64, 0f64); servers.len()],
+        vec![(0f64, 0f64); servers.len()],
+    ];
+    let only = std::env::var("VS_STUNNEL_ONLY").unwrap_or_default();
+    for (name, unit, cpu_row, measure) in measurements {
+        if !name.contains(&only) {
+            continue;
+        }
         let mut best = vec![0f64; servers.len()];
         for _ in 0..ROUNDS {
             for (i, server) in servers.iter().enumerate() {
                 let cpu = cpu_seconds(server.child.id())?;
                 let start = Instant::now();
                 let rate = measure(server.addr, &config, run_for)?;
-                if stream {
+                if let Some(row) = cpu_row {
                     let cpu = cpu_seconds(server.child.id())? - cpu;
                     // MB/s over the counted part; the CPU covers the
                     // fill-up too, so this slightly overstates CPU per GiB.
-                    streamed[i].0 += cpu;
-                    streamed[i].1 += rate * 1e6 * start.elapsed().as_secs_f64();
+                    used[row][i].0 += cpu;
+                    used[row][i].1 += rate * 1e6 * start.elapsed().as_secs_f64();
                 }
                 best[i] = best[i].max(rate);
             }
@@ -128,14 +138,19 @@ fn main() -> anyhow::Result<()> {
         }
         println!(" {:>13.2}", best[0] / best[stunnel]);
     }
-    print!("{:<22}", "CPU s per GiB streamed");
-    for (cpu, bytes) in &streamed {
-        print!(" {:>18.2}", cpu / (bytes / (1u64 << 30) as f64));
+    for (what, used) in ["streamed", "echoed"].iter().zip(&used) {
+        if used[0].1 == 0.0 {
+            continue;
+        }
+        print!("{:<22}", format!("CPU s per GiB {what}"));
+        for (cpu, bytes) in used {
+            print!(" {:>18.2}", cpu / (bytes / (1u64 << 30) as f64));
+        }
+        println!(
+            " {:>13.2}",
+            (used[0].0 / used[0].1) / (used[stunnel].0 / used[stunnel].1)
+        );
     }
-    println!(
-        " {:>13.2}",
-        (streamed[0].0 / streamed[0].1) / (streamed[stunnel].0 / streamed[stunnel].1)
-    );
     Ok(())
 }
 
