@@ -14,9 +14,8 @@ use smol::Executor;
 use tls_reload_acceptor::{ConnectorEvent, ReloadEvent};
 
 use crate::args::Args;
-use crate::listen;
 use crate::metrics::Counters;
-use crate::proxy::{Drain, Proxy};
+use crate::proxy::{Drain, Proxy, Worker};
 use crate::status::{self, Sources};
 use crate::systemd::{self, Activation, Notify};
 
@@ -41,10 +40,11 @@ pub(crate) fn init_logging() {
 }
 
 /// Runs the proxy until a signal stops it: `args.threads` workers, each
-/// with its own executor and listening socket (see [`crate::listen`]),
-/// accepting, handshaking and copying its own connections, so a connection
-/// never moves between threads; and this thread for what all share: the
-/// reloader, the signals, the status page and the drain.
+/// with its own executor, handshaking and copying the connections handed
+/// to it, so a connection never moves between threads once handed; and
+/// this thread for what all share: the accept loop (which hands each
+/// connection to the worker with the fewest open), the reloader, the
+/// signals, the status page and the drain.
 pub(crate) fn run(args: Args) -> ExitCode {
     // First, while this is the only thread: it edits the environment.
     let activation = match systemd::activation() {
@@ -58,7 +58,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
     };
     let Started {
         proxy,
-        listeners,
+        listener,
         mut signals,
         notify,
     } = started;
@@ -66,36 +66,47 @@ pub(crate) fn run(args: Args) -> ExitCode {
     let (exit_workers, exit) = smol::channel::bounded::<()>(1);
     let (slots, drain) = Drain::new();
     thread::scope(|scope| {
-        let mut workers = 0;
-        for (n, listener) in listeners.into_iter().enumerate() {
-            let (proxy, slots) = (proxy.clone(), slots.clone());
-            let (stop, exit) = (stop.clone(), exit.clone());
+        let mut workers = Vec::with_capacity(args.threads);
+        for n in 0..args.threads {
+            // A current-thread runtime per worker: its own poller, so the
+            // events of a worker's sockets wake that worker's thread only.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build();
+            let runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start a worker's runtime; going on with fewer");
+                    continue;
+                }
+            };
+            let (worker, incoming) = Worker::new();
+            let (proxy, exit) = (proxy.clone(), exit.clone());
             let spawned = thread::Builder::new()
                 .name(format!("proxy-{n}"))
                 .spawn_scoped(scope, move || {
-                    let executor = Executor::new();
-                    smol::block_on(executor.run(async {
-                        let stopped = async {
-                            let _ = stop.recv().await;
-                        };
-                        proxy.serve(listener, &executor, slots, stopped).await;
+                    runtime.block_on(async {
+                        proxy.serve(incoming).await;
                         // The open connections go on until the drain ends.
                         let _ = exit.recv().await;
-                    }));
+                    });
                 });
             match spawned {
-                Ok(_) => workers += 1,
-                // Its socket is closed with it: the kernel sends its share
-                // of connections to the others.
+                Ok(_) => workers.push(worker),
                 Err(error) => {
                     tracing::warn!(%error, "cannot start a worker thread; going on with fewer")
                 }
             }
         }
-        drop(slots);
-        let code = if workers == 0 {
+        let code = if workers.is_empty() {
             fail(format_args!("no worker thread could start"))
         } else {
+            let stopped = async move {
+                let _ = stop.recv().await;
+            };
+            let accepting = proxy.clone().dispatch(listener, workers, slots, stopped);
+            control.spawn(accepting).detach();
             if let Some(notify) = &notify {
                 notify.ready();
             }
@@ -125,7 +136,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
 /// What [`start`] readied.
 struct Started {
     proxy: Arc<Proxy>,
-    listeners: Vec<Async<TcpListener>>,
+    listener: Async<TcpListener>,
     signals: Signals,
     /// systemd's notification socket, if it gave one.
     notify: Option<Arc<Notify>>,
@@ -153,21 +164,17 @@ async fn start(
         },
         None => None,
     };
-    let (listeners, what) = match (activation.listen, args.listen) {
-        (Some(inherited), _) => (
-            listen::share(inherited, args.threads),
-            "the socket from systemd".to_owned(),
-        ),
-        (None, Some(addr)) => (listen::bind(addr, args.threads), format!("--listen {addr}")),
+    let (listener, what) = match (activation.listen, args.listen) {
+        (Some(inherited), _) => (Ok(inherited), "the socket from systemd".to_owned()),
+        (None, Some(addr)) => (TcpListener::bind(addr), format!("--listen {addr}")),
         (None, None) => {
             return Err(fail(format_args!(
                 "--listen is required: LISTEN_FDS passed no socket to this process"
             )))
         }
     };
-    let listeners = listeners.and_then(|listeners| listeners.into_iter().map(Async::new).collect());
-    let listeners: Vec<Async<TcpListener>> = match listeners {
-        Ok(listeners) => listeners,
+    let listener = match listener.and_then(Async::new) {
+        Ok(listener) => listener,
         Err(error) => return Err(fail(format_args!("{what}: {error}"))),
     };
     let status_listener = match activation.status {
@@ -195,7 +202,7 @@ async fn start(
             .detach();
     }
     let counters = Arc::new(Counters::default());
-    if let Err(error) = announce("listening on", &listeners[0]) {
+    if let Err(error) = announce("listening on", &listener) {
         return Err(fail(format_args!("--listen: {error}")));
     }
     if let Some(status_listener) = status_listener {
@@ -213,13 +220,13 @@ async fn start(
     tracing::info!(
         target = %args.target,
         max_connections = args.max_connections,
-        workers = listeners.len(),
+        workers = args.threads,
         "proxy started"
     );
     let proxy = Arc::new(Proxy::new(acceptor, connector, args, counters));
     Ok(Started {
         proxy,
-        listeners,
+        listener,
         signals,
         notify: Notify::from_env().map(Arc::new),
     })

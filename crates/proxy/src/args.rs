@@ -107,9 +107,9 @@ options:
                              spiffe://example.org/web (compared whole); repeatable
   --idle-timeout DURATION    close a connection once both directions have been silent
                              this long [default: never]
-  --threads N                worker threads, each accepting on its own socket
-                             (SO_REUSEPORT) and serving its connections start
-                             to end [default: number of CPUs]
+  --threads N                worker threads; each new connection goes to the one
+                             with the fewest open, which serves it start to end
+                             [default: number of CPUs]
   -h, --help                 print this help and exit
 
 DURATION is a number with a unit: 500ms, 5s, 1m, 1h (or 1h30m, 2days).
@@ -232,8 +232,8 @@ struct Cli {
     /// [default: never]
     #[arg(long, value_name = "DURATION", value_parser = positive, help_heading = "Options")]
     idle_timeout: Option<Duration>,
-    /// worker threads, each accepting on its own socket (SO_REUSEPORT) and
-    /// serving its connections start to end [default: number of CPUs]
+    /// worker threads; each new connection goes to the one with the fewest
+    /// open, which serves it start to end [default: number of CPUs]
     #[arg(long, value_name = "N", value_parser = at_least_one, help_heading = "Options")]
     threads: Option<usize>,
 

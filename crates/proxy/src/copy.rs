@@ -28,7 +28,7 @@ use futures::io::{AsyncRead, AsyncWrite};
 
 /// The buffer of one read: big enough to fill several TLS records (16 KiB
 /// each) per write.
-const BUFFER_SIZE: usize = 64 * 1024;
+pub(crate) const BUFFER_SIZE: usize = 64 * 1024;
 
 /// How many buffers one direction moves before yielding to other tasks, so
 /// that a busy connection cannot hold a thread.
@@ -43,7 +43,7 @@ thread_local! {
 }
 
 /// A buffer from the thread's pool, or a new one.
-fn take_buffer() -> Box<[u8]> {
+pub(crate) fn take_buffer() -> Box<[u8]> {
     POOL.try_with(|pool| pool.borrow_mut().pop())
         .ok()
         .flatten()
@@ -51,7 +51,7 @@ fn take_buffer() -> Box<[u8]> {
 }
 
 /// Gives `buf` back to the thread's pool, or frees it when the pool is full.
-fn give_back(buf: Box<[u8]>) {
+pub(crate) fn give_back(buf: Box<[u8]>) {
     let _ = POOL.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() < POOL_SIZE {

@@ -8,8 +8,8 @@
 //! hidden `fuzzing` module. Neither is a stable API.
 //!
 //! The private modules: `args` the command line, `app` start-up, the
-//! workers, signals and the drain, `listen` the workers' sockets, `proxy`
-//! the accept loop and each connection, `access` the allow lists,
+//! workers, signals and the drain, `proxy` the accept loop, the hand-off
+//! to the workers and each connection, `access` the allow lists,
 //! `systemd` notifications and socket activation, `copy` the
 //! two-way copy with half-close, `status` the HTTP status page and
 //! `metrics` what it shows.
@@ -19,7 +19,6 @@ mod access;
 mod app;
 mod args;
 mod copy;
-mod listen;
 mod metrics;
 mod proxy;
 mod status;
