@@ -12,15 +12,17 @@
 //! per GiB moved in the streamed rows and in the echoed rows (a GiB echoed
 //! crosses the proxy both ways). Needs the release binary next to
 //! this example and `stunnel4` on PATH. With `VS_STUNNEL_BASELINE=PATH`, the
-//! proxy binary at PATH (an earlier build, say) runs too, as a third column;
+//! proxy binary at PATH (an earlier build, say) runs too, as a third column
+//! (several paths separated by `:`, one column each);
 //! `VS_STUNNEL_ARGS="--threads 4"` adds flags to ours (not the baseline);
-//! `VS_STUNNEL_ONLY="16 conn, echo"` runs only the rows whose name holds it.
+//! `VS_STUNNEL_ONLY="16 conn, echo"` runs only the rows whose name holds it,
+//! and `VS_STUNNEL_ROUNDS=4` takes the best of 4 runs instead of 2.
 
 mod common;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,7 +37,8 @@ use rustls::ClientConfig;
 const HANDSHAKE_CLIENTS: usize = 8;
 /// Connections in the second bulk test.
 const BULK_CONNECTIONS: usize = 16;
-/// Rounds of each measurement against each proxy.
+/// Rounds of each measurement against each proxy, unless
+/// `VS_STUNNEL_ROUNDS` says otherwise.
 const ROUNDS: usize = 2;
 
 fn main() -> anyhow::Result<()> {
@@ -44,20 +47,27 @@ fn main() -> anyhow::Result<()> {
         None => 3,
     };
     let run_for = Duration::from_secs(seconds);
+    let rounds = match std::env::var("VS_STUNNEL_ROUNDS") {
+        Ok(text) => text
+            .parse()
+            .context("VS_STUNNEL_ROUNDS must be a whole number")?,
+        Err(_) => ROUNDS,
+    };
     let dir = tempfile::tempdir()?;
     let (cert, key, root) = write_certificate(dir.path())?;
     let backend = start_backend()?;
 
     let mut servers = vec![Server::ours(dir.path(), &cert, &key, backend, None)?];
-    if let Some(baseline) = std::env::var_os("VS_STUNNEL_BASELINE") {
-        let baseline = PathBuf::from(baseline);
-        servers.push(Server::ours(
-            dir.path(),
-            &cert,
-            &key,
-            backend,
-            Some(&baseline),
-        )?);
+    if let Some(baselines) = std::env::var_os("VS_STUNNEL_BASELINE") {
+        for (n, baseline) in std::env::split_paths(&baselines).enumerate() {
+            servers.push(Server::ours(
+                dir.path(),
+                &cert,
+                &key,
+                backend,
+                Some((n, &baseline)),
+            )?);
+        }
     }
     servers.push(Server::stunnel(dir.path(), &cert, &key, backend)?);
     let config = client_config(root)?;
@@ -66,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         println!("{:<17} negotiates {suite} with {group}", server.name);
     }
     println!(
-        "{} s per run, best of {ROUNDS} alternating runs; {} CPUs shared by clients, proxies and backend\n",
+        "{} s per run, best of {rounds} alternating runs; {} CPUs shared by clients, proxies and backend\n",
         seconds,
         thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -117,7 +127,7 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let mut best = vec![0f64; servers.len()];
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             for (i, server) in servers.iter().enumerate() {
                 let cpu = cpu_seconds(server.child.id())?;
                 let start = Instant::now();
@@ -192,7 +202,7 @@ fn serve_backend(mut stream: TcpStream) {
 
 /// A proxy under test, killed on drop.
 struct Server {
-    name: &'static str,
+    name: String,
     addr: SocketAddr,
     child: Child,
 }
@@ -204,16 +214,16 @@ impl Server {
         cert: &Path,
         key: &Path,
         backend: SocketAddr,
-        binary: Option<&Path>,
+        baseline: Option<(usize, &Path)>,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
-        let name = if binary.is_some() {
-            "baseline"
-        } else {
-            "tls-reload-proxy"
+        let name = match baseline {
+            Some((0, _)) => "baseline".to_owned(),
+            Some((n, _)) => format!("baseline{}", n + 1),
+            None => "tls-reload-proxy".to_owned(),
         };
-        let binary = match binary {
-            Some(binary) => binary.to_path_buf(),
+        let binary = match baseline {
+            Some((_, binary)) => binary.to_path_buf(),
             None => exe
                 .parent()
                 .and_then(Path::parent)
@@ -229,7 +239,7 @@ impl Server {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut child = Command::new(&binary)
             .args(["--listen", "127.0.0.1:0", "--target", &backend.to_string()])
-            .args(extra_args(name == "baseline"))
+            .args(extra_args(baseline.is_some()))
             .arg("--cert")
             .arg(cert)
             .arg("--key")
@@ -273,7 +283,7 @@ impl Server {
             .spawn()
             .context("cannot start stunnel4 (Debian package stunnel4)")?;
         let server = Self {
-            name: "stunnel4",
+            name: "stunnel4".to_owned(),
             addr,
             child,
         };
