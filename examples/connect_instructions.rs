@@ -21,6 +21,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
+use futures::future::Either;
 use futures::AsyncWriteExt;
 use rustls::pki_types::ServerName;
 use smol::Async;
@@ -56,8 +57,8 @@ fn main() -> anyhow::Result<()> {
         "plain-handshake" | "ours-handshake" => {
             let server = mtls_server(&servers, &clients)?;
             return smol::block_on(handshakes(n, server, |tcp| match kind.as_str() {
-                "plain-handshake" => plain.connect(name.clone(), tcp),
-                _ => ours.connect(name.clone(), tcp),
+                "plain-handshake" => Either::Left(plain.connect(name.clone(), tcp)),
+                _ => Either::Right(ours.connect(name.clone(), tcp)),
             }));
         }
         "plain" | "ours" => {}

@@ -1,12 +1,16 @@
 //! The connector: the engine over a client config (outbound mTLS).
 
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::io::{AsyncRead, AsyncWrite};
-use futures_rustls::Connect;
+use futures_rustls::client::TlsStream;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tls_reload_build::{
@@ -14,7 +18,8 @@ use tls_reload_build::{
 };
 use tls_reload_detect::{Detector, Strategy};
 
-use crate::acceptor::{default_options, default_settings};
+use crate::acceptor::{default_options, default_settings, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::deadline::{Deadline, Deadlines};
 use crate::engine::reloader::{self, Lifeline, Options};
 use crate::engine::{self, Driven, Engine, Happening, Kind, Reconfigure, Start, Subscribers};
 use crate::source::DetectorSource;
@@ -25,6 +30,11 @@ use crate::{
 /// A TLS connector whose client identity (certificate chain and key) and
 /// trusted server roots follow the files on disk: outbound mTLS that
 /// survives certificate rotation.
+///
+/// A handshake that does not finish within the
+/// [handshake timeout](ConnectorBuilder::handshake_timeout) (default 10 s)
+/// fails with [`io::ErrorKind::TimedOut`]: a peer that takes the TCP
+/// connection and never answers cannot hold a connect forever.
 ///
 /// Shaped like futures-rustls's `TlsConnector`: a cheap [`Clone`] handle
 /// whose [`connect`](ReloadingConnector::connect) wraps any
@@ -78,20 +88,30 @@ impl ReloadingConnector {
             source: DetectorSource::Strategy(Strategy::default()),
             settings: default_settings(),
             options: default_options(),
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
         }
     }
 
     /// Starts a TLS handshake on `io` for `server_name`, with the newest
     /// good identity and roots.
+    ///
+    /// The handshake fails with [`io::ErrorKind::TimedOut`] after the
+    /// [handshake timeout](ConnectorBuilder::handshake_timeout), and with
+    /// [`io::ErrorKind::InvalidData`] on a TLS error.
     pub fn connect<IO>(&self, server_name: ServerName<'static>, io: IO) -> Connect<IO>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.shared
-            .engine
-            .serving()
-            .connector
-            .connect(server_name, io)
+        let timeout = self.shared.deadlines.as_ref().and_then(Deadlines::start);
+        Connect {
+            timeout,
+            handshake: self
+                .shared
+                .engine
+                .serving()
+                .connector
+                .connect(server_name, io),
+        }
     }
 
     /// The future that watches the files and reloads on a change. Spawn it
@@ -216,6 +236,44 @@ pub struct ConnectorReloaded {
     pub resumption: Resumption,
 }
 
+/// The future of a TLS handshake, from [`ReloadingConnector::connect`]:
+/// the client's TLS stream, or why not.
+#[must_use = "futures do nothing unless polled"]
+pub struct Connect<IO> {
+    handshake: futures_rustls::Connect<IO>,
+    timeout: Option<Deadline>,
+}
+
+impl<IO> Future for Connect<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = io::Result<TlsStream<IO>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(result) = Pin::new(&mut self.handshake).poll(cx) {
+            return Poll::Ready(result);
+        }
+        let timed_out = match self.timeout.as_mut() {
+            Some(deadline) => deadline.poll_passed(cx).is_ready(),
+            None => false,
+        };
+        if timed_out {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<IO> fmt::Debug for Connect<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connect").finish_non_exhaustive()
+    }
+}
+
 /// Configures a [`ReloadingConnector`]; [`build`](ConnectorBuilder::build)
 /// loads the first config.
 #[must_use = "a builder does nothing until built"]
@@ -225,6 +283,7 @@ pub struct ConnectorBuilder {
     source: DetectorSource<ClientMaterials>,
     settings: engine::Settings,
     options: Options,
+    handshake_timeout: Option<Duration>,
 }
 
 impl ConnectorBuilder {
@@ -240,6 +299,16 @@ impl ConnectorBuilder {
     /// How often the reloader checks the files. Default 1 s; at least 1 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.options.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a handshake may take before it fails with
+    /// [`io::ErrorKind::TimedOut`]; `None` for no limit. Default 10 s
+    /// ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)).
+    /// The deadline passes between the timeout and the timeout plus a
+    /// thirty-second of it (at most 250 ms): handshakes share timers.
+    pub fn handshake_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.handshake_timeout = timeout.into();
         self
     }
 
@@ -289,19 +358,21 @@ impl ConnectorBuilder {
     /// Builds the first config on the blocking pool: a failure names the
     /// file and the reason.
     pub async fn build(self) -> Result<ReloadingConnector, BuildError> {
+        let deadlines = self.handshake_timeout.map(Deadlines::new);
         let (start, options) = self.into_start()?;
         let engine = Engine::start(start).await?;
         Ok(ReloadingConnector {
-            shared: Shared::new(engine, options),
+            shared: Shared::new(engine, options, deadlines),
         })
     }
 
     /// Builds the first config on the current thread.
     pub fn build_blocking(self) -> Result<ReloadingConnector, BuildError> {
+        let deadlines = self.handshake_timeout.map(Deadlines::new);
         let (start, options) = self.into_start()?;
         let engine = Engine::start_blocking(start)?;
         Ok(ReloadingConnector {
-            shared: Shared::new(engine, options),
+            shared: Shared::new(engine, options, deadlines),
         })
     }
 
@@ -328,6 +399,7 @@ impl fmt::Debug for ConnectorBuilder {
             .field("materials", &self.materials)
             .field("detector", &self.source)
             .field("interval", &self.options.interval)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -432,14 +504,21 @@ struct Shared {
     engine: Engine<ClientKind>,
     options: Options,
     lifeline: Lifeline,
+    /// Handshake deadlines, when handshakes have a timeout.
+    deadlines: Option<Deadlines>,
 }
 
 impl Shared {
-    fn new(engine: Engine<ClientKind>, options: Options) -> Arc<Self> {
+    fn new(
+        engine: Engine<ClientKind>,
+        options: Options,
+        deadlines: Option<Deadlines>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             options,
             lifeline: Lifeline::new(),
+            deadlines,
         })
     }
 

@@ -99,7 +99,7 @@ pub use acceptor::{
     Accept, Builder, Reloaded, Reloader, ReloadingAcceptor, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_INTERVAL, DEFAULT_RETRY_INTERVAL,
 };
-pub use connector::{ConnectorBuilder, ConnectorReloaded, ReloadingConnector};
+pub use connector::{Connect, ConnectorBuilder, ConnectorReloaded, ReloadingConnector};
 pub use error::ReloadError;
 pub use expiry::{CertKind, ExpiryWindow};
 pub use incoming::{
@@ -113,7 +113,6 @@ pub use status::{
 
 pub use futures_rustls::client::TlsStream as ClientTlsStream;
 pub use futures_rustls::server::TlsStream;
-pub use futures_rustls::Connect;
 pub use rustls;
 pub use tls_reload_build::{
     build_pair, build_pair_blocking, pairs_in_dir, BuildError, Built, BuiltPair, CaInfo,

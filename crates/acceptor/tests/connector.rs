@@ -538,3 +538,61 @@ fn event_line(kind: CertKind, certificate: &tls_reload_acceptor::LeafInfo) -> St
     }
     .to_string()
 }
+
+#[test]
+fn a_peer_that_never_answers_times_the_handshake_out() -> anyhow::Result<()> {
+    init_tracing();
+    smol::block_on(async {
+        let servers = Ca::new("servers");
+        let files = ClientFiles::new(&Ca::new("clients").leaf(0x1001), &[&servers]);
+        // Takes TCP connections and never says a word.
+        let listener = Async::<std::net::TcpListener>::bind(([127, 0, 0, 1], 0))?;
+        let addr = listener.get_ref().local_addr()?;
+        let _silent = smol::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let name = ServerName::try_from("localhost")?;
+
+        let timed = ReloadingConnector::builder(files.materials())
+            .template(template())
+            .handshake_timeout(Duration::from_millis(300))
+            .build()
+            .await?;
+        let started = std::time::Instant::now();
+        let tcp = Async::<TcpStream>::connect(addr).await?;
+        let error = timeout(DEADLINE, timed.connect(name.clone(), tcp))
+            .await
+            .expect_err("the peer never answers");
+        let waited = started.elapsed();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert_eq!(
+            error.to_string(),
+            "TLS handshake timed out",
+            "the connector's own"
+        );
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        // The timeout plus a grain (10 ms here) and the clock's tick, with
+        // room for a busy machine.
+        assert!(waited < Duration::from_millis(300 + 1_500), "{waited:?}");
+
+        // Without a timeout it waits on.
+        let untimed = ReloadingConnector::builder(files.materials())
+            .template(template())
+            .handshake_timeout(None)
+            .build()
+            .await?;
+        let tcp = Async::<TcpStream>::connect(addr).await?;
+        let still = timeout(Duration::from_millis(600), untimed.connect(name, tcp))
+            .await
+            .expect_err("still waiting");
+        assert_eq!(
+            still.to_string(),
+            "timed out",
+            "the test's own timer ended it, not the connector"
+        );
+        Ok(())
+    })
+}
