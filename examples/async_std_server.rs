@@ -46,9 +46,13 @@ fn main() -> ExitCode {
             tcp.set_nodelay(true)?;
             Ok(tcp)
         });
+        // Each handshake runs as a task: full handshakes use every core.
         let mut incoming = acceptor
             .incoming(Box::pin(connections))
-            .peer_addr_with(|tcp| tcp.peer_addr().ok());
+            .peer_addr_with(|tcp| tcp.peer_addr().ok())
+            .spawn_handshakes(|task| {
+                async_std::task::spawn(task);
+            });
         while let Some(tls) = incoming.next().await {
             match tls {
                 Ok(tls) => {

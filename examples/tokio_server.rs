@@ -50,9 +50,13 @@ async fn main() -> ExitCode {
         });
         Some((accepted, listener))
     });
+    // Each handshake runs as a task: full handshakes use every core.
     let mut incoming = acceptor
         .incoming(Box::pin(connections))
-        .peer_addr_with(|tcp| tcp.get_ref().peer_addr().ok());
+        .peer_addr_with(|tcp| tcp.get_ref().peer_addr().ok())
+        .spawn_handshakes(|task| {
+            tokio::spawn(task);
+        });
     while let Some(tls) = incoming.next().await {
         match tls {
             Ok(tls) => {
