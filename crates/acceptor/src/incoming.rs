@@ -358,18 +358,24 @@ impl<IO> Finished<IO> {
     }
 
     fn push(&self, outcome: Outcome<IO>) {
-        let refused = {
+        let (refused, was_empty) = {
             let mut queue = self.lock();
+            let was_empty = queue.is_empty();
             if self.closed.load(Ordering::Acquire) {
-                Some(outcome)
+                (Some(outcome), was_empty)
             } else {
                 queue.push_back(outcome);
-                None
+                (None, was_empty)
             }
         };
         // Dropped (the connection closed) outside the lock.
         drop(refused);
-        self.waker.wake();
+        // The stream sleeps only after finding the queue empty, so only the
+        // push that ends an empty queue needs to wake it: under load, the
+        // results that pile up behind it cost no wake-up each.
+        if was_empty {
+            self.waker.wake();
+        }
     }
 
     fn close(&self) {
