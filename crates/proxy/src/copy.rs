@@ -16,7 +16,7 @@
 //! until they are written: buffering per direction is bounded by one
 //! buffer, and backpressure reaches the sender.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -43,6 +43,29 @@ const POOL_SIZE: usize = 16;
 thread_local! {
     /// Buffers whose bytes were written, for the next read on this thread.
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    /// Copies under way on this thread (a worker's connections).
+    static COPIES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts a copy among [`COPIES`] while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        let _ = COPIES.try_with(|copies| copies.set(copies.get() + 1));
+        Self
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = COPIES.try_with(|copies| copies.set(copies.get().saturating_sub(1)));
+    }
+}
+
+/// Whether another copy runs on this thread.
+fn sharing_the_thread() -> bool {
+    COPIES.try_with(|copies| copies.get() > 1).unwrap_or(false)
 }
 
 /// A buffer from the thread's pool, or a new one.
@@ -91,6 +114,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    let _running = Running::start();
     let mut forward = Pipe::default();
     let mut backward = Pipe::default();
     let mut idle = idle_timeout.map(Idle::new);
@@ -187,6 +211,11 @@ impl Pipe {
     /// four answers back; now one. Stops at the first shorter read, at
     /// `Pending` (nothing waits for more) and at the end of the stream,
     /// which the next read finds again.
+    ///
+    /// Only while other copies share the thread: there the CPU is the
+    /// limit and fewer wake-ups win (16 echoed connections: 925 against
+    /// 772 MB/s). A copy alone on its thread passes each record on at once
+    /// instead, so that the peer works on it while the next is decrypted.
     fn fill_up<R>(&mut self, cx: &mut Context<'_>, reader: &mut R, buf: &mut [u8]) -> io::Result<()>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -229,7 +258,9 @@ impl Pipe {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         (self.start, self.end) = (0, n);
                         self.read += n as u64;
-                        self.fill_up(cx, reader, &mut buf)?;
+                        if sharing_the_thread() {
+                            self.fill_up(cx, reader, &mut buf)?;
+                        }
                         self.buf = Some(buf);
                     }
                     Poll::Ready(Ok(_)) => {
@@ -402,10 +433,11 @@ mod tests {
         );
     }
 
-    /// A TLS stream reads one record per call; whole records already
-    /// there go out in one write, a short read is written at once.
+    /// A TLS stream reads one record per call; with other copies on the
+    /// thread, whole records already there go out in one write, and a
+    /// short read is written at once; a copy alone passes each record on.
     #[test]
-    fn whole_records_read_together_go_out_in_one_write() {
+    fn whole_records_read_together_go_out_in_one_write_when_the_thread_is_shared() {
         let offered = |chunks: &[&[u8]]| {
             let mut a = Mock::sending(chunks, eof());
             let mut b = Mock {
@@ -417,11 +449,20 @@ mod tests {
             b.offered
         };
         let record = vec![7; MAX_RECORD_PLAINTEXT];
-        assert_eq!(
-            offered(&[&record, &record, &record, &[1; 1000], b"later"]),
-            [3 * MAX_RECORD_PLAINTEXT + 1000, 5]
-        );
+        let records: [&[u8]; 5] = [&record, &record, &record, &[1; 1000], b"later"];
+        let record_by_record = [
+            MAX_RECORD_PLAINTEXT,
+            MAX_RECORD_PLAINTEXT,
+            MAX_RECORD_PLAINTEXT,
+            1000,
+            5,
+        ];
+        assert_eq!(offered(&records), record_by_record);
+        let other = Running::start();
+        assert_eq!(offered(&records), [3 * MAX_RECORD_PLAINTEXT + 1000, 5]);
         assert_eq!(offered(&[b"short", b"reads"]), [5, 5]);
+        drop(other);
+        assert_eq!(offered(&records), record_by_record);
     }
 
     #[test]
