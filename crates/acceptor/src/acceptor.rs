@@ -15,7 +15,7 @@ use rustls::ServerConfig;
 use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Template};
 use tls_reload_detect::{Detector, Strategy};
 
-use crate::deadline::{Deadline, Deadlines};
+use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
 use crate::named::{NamedStart, PairSources};
 use crate::server::{ServerKind, Shared};
@@ -677,17 +677,7 @@ where
                 return Poll::Ready(result);
             }
         }
-        let timed_out = match self.timeout.as_mut() {
-            Some(deadline) => deadline.poll_passed(cx).is_ready(),
-            None => false,
-        };
-        if timed_out {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            )));
-        }
-        Poll::Pending
+        timed_out(&mut self.timeout, cx).map(Err)
     }
 }
 

@@ -19,7 +19,7 @@ use tls_reload_build::{
 use tls_reload_detect::{Detector, Strategy};
 
 use crate::acceptor::{default_options, default_settings, DEFAULT_HANDSHAKE_TIMEOUT};
-use crate::deadline::{Deadline, Deadlines};
+use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::reloader::{self, Lifeline, Options};
 use crate::engine::{self, Driven, Engine, Happening, Kind, Reconfigure, Start, Subscribers};
 use crate::source::DetectorSource;
@@ -254,17 +254,7 @@ where
         if let Poll::Ready(result) = Pin::new(&mut self.handshake).poll(cx) {
             return Poll::Ready(result);
         }
-        let timed_out = match self.timeout.as_mut() {
-            Some(deadline) => deadline.poll_passed(cx).is_ready(),
-            None => false,
-        };
-        if timed_out {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            )));
-        }
-        Poll::Pending
+        timed_out(&mut self.timeout, cx).map(Err)
     }
 }
 

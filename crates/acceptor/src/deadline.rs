@@ -28,6 +28,7 @@
 //!   left (its pointers, not a clone) so later polls compare without
 //!   locking, and gives the slot back when dropped.
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
@@ -269,6 +270,17 @@ impl Deadline {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+}
+
+/// The error of a handshake whose `deadline` passed, once it has (never,
+/// without one); until then, the task is woken when it does.
+pub(crate) fn timed_out(deadline: &mut Option<Deadline>, cx: &mut Context<'_>) -> Poll<io::Error> {
+    match deadline {
+        Some(deadline) => deadline
+            .poll_passed(cx)
+            .map(|()| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+        None => Poll::Pending,
     }
 }
 
