@@ -2,26 +2,33 @@
 //!
 //! Every new async-io timer wakes the reactor thread to register it. With a
 //! timer per handshake that is a wake-up per connection, which a busy server
-//! pays for in throughput. Deadlines are instead rounded up to a coarse grain
-//! (a thirty-second of the timeout, at most 250 ms) and every handshake in
-//! the same grain waits on one shared timer: a wake-up per grain.
+//! pays for in throughput. Handshakes are instead grouped in grains (a
+//! thirty-second of the timeout, at most 250 ms long) and every handshake of
+//! a grain waits on one shared timer: two timers per grain, none per
+//! handshake, and no clock read on the accept path.
 //!
 //! ```text
-//!  Deadlines ── newest: ArcSwapOption<Grain> ──► Grain { end_ns, fired, waiting, timer }
+//!  Deadlines ── newest: ArcSwapOption<Grain> ──► Grain { open, fired, waiting, timeout, timer }
 //!                                                   ▲            ▲
 //!  Deadline (one per handshake) ── Arc<Grain> ──────┘            │ woken through a Weak
 //!                                                   async-io Timer (in the reactor)
 //! ```
 //!
-//! - The newest grain sits in an `ArcSwapOption`, so starting a deadline is
-//!   a clock read, an atomic load and a comparison: no lock, no allocation,
-//!   no division. Two accepts
-//!   that open the same new grain at once may each make one; the last one
-//!   stored is shared from then on, and the other serves its own handshake.
-//! - A grain's timer is registered with the reactor once, when the grain is
-//!   made, with a waker that holds the grain weakly; when it fires, the
-//!   grain sets `fired` and wakes every handshake waiting on it. Once the
-//!   last handshake and `Deadlines` let go of the grain, its timer goes too.
+//! - A grain is **open** from when an accept makes it until its first timer
+//!   closes it, a grain later. Starting a deadline is an atomic load of the
+//!   newest grain and of its `open` flag, and an `Arc` clone: no clock read,
+//!   no lock, no allocation. An accept that finds no open grain makes one
+//!   (the only clock read); two that do so at once may each make one, and
+//!   the last one stored is shared from then on.
+//! - When the closing timer fires, the grain clears `open` (a sequentially
+//!   consistent swap: no accept can join after it), reads the clock, and
+//!   registers its second timer a timeout after that moment. Every
+//!   handshake of the grain started before the grain closed, so none ends
+//!   before its timeout, however late the closing timer fires; and none
+//!   waits more than the timeout plus the grain plus that lateness.
+//! - Both timers hold the grain weakly; when the second fires, the grain
+//!   sets `fired` and wakes every handshake waiting on it. Once the last
+//!   handshake and `Deadlines` let go of the grain, its timer goes too.
 //! - `waiting` (a mutex, held for a few lines, no user code under it) keeps
 //!   the waker of each handshake that waits, in a slot it reuses. A
 //!   handshake takes a slot on its first pending poll, keeps which waker it
@@ -41,112 +48,58 @@ use futures::FutureExt;
 
 #[derive(Debug)]
 pub(crate) struct Deadlines {
-    /// The timeout in nanoseconds.
-    wait_ns: u64,
-    /// The grain in nanoseconds (at least a millisecond).
-    grain_ns: u64,
-    clock: Clock,
+    timeout: Duration,
+    /// How long a grain stays open (at least a millisecond).
+    grain: Duration,
     /// The newest grain.
     newest: ArcSwapOption<Grain>,
 }
 
 impl Deadlines {
     pub(crate) fn new(timeout: Duration) -> Self {
-        let clock = Clock::new();
         Self {
-            wait_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
-            grain_ns: u64::try_from(
-                (timeout / 32)
-                    .clamp(Duration::from_millis(1), Duration::from_millis(250))
-                    .as_nanos(),
-            )
-            .unwrap_or(1_000_000),
-            clock,
+            timeout,
+            grain: (timeout / 32).clamp(Duration::from_millis(1), Duration::from_millis(250)),
             newest: ArcSwapOption::empty(),
         }
     }
 
     /// A deadline that passes between `timeout` and `timeout` plus one grain
-    /// from now; `None` when that is too far to represent.
+    /// (plus however late the reactor runs its timers) from now; `None` when
+    /// that is too far to represent.
     #[inline]
     pub(crate) fn start(&self) -> Option<Deadline> {
-        // A clock read, an addition and a comparison (no division): the
-        // newest grain serves every handshake whose earliest end it does not
-        // precede.
-        let due = self.due_ns()?;
         if let Some(newest) = &*self.newest.load() {
-            if due <= newest.end_ns {
+            if newest.open.load(Ordering::Acquire) {
                 return Some(Deadline::new(newest.clone()));
             }
         }
-        self.start_grain(due)
+        self.open_grain()
     }
 
-    /// The earliest a deadline starting now may pass, in nanoseconds since
-    /// the clock's origin; `None` when too far to represent.
-    #[inline]
-    fn due_ns(&self) -> Option<u64> {
-        self.clock.elapsed_ns().checked_add(self.wait_ns)
-    }
-
-    /// The end of the grain `due_ns` falls in: in nanoseconds since the
-    /// clock's origin, and as an instant.
-    fn grain_end(&self, due_ns: u64) -> Option<(u64, Instant)> {
-        let end_ns = due_ns.div_ceil(self.grain_ns).checked_mul(self.grain_ns)?;
-        let when = self
-            .clock
-            .origin
-            .checked_add(Duration::from_nanos(end_ns))?;
-        Some((end_ns, when))
-    }
-
-    /// Opens the grain that `due` falls in, once per grain.
+    /// Opens a grain, once per grain.
     #[cold]
-    fn start_grain(&self, due: u64) -> Option<Deadline> {
-        let (end_ns, when) = self.grain_end(due)?;
-        let grain = Grain::start(end_ns, when);
+    fn open_grain(&self) -> Option<Deadline> {
+        let now = Instant::now();
+        // The deadline must be representable from the grain's end.
+        now.checked_add(self.grain)?.checked_add(self.timeout)?;
+        let grain = Grain::open(now + self.grain, self.timeout);
         self.newest.store(Some(grain.clone()));
         Some(Deadline::new(grain))
     }
 }
 
-/// Nanoseconds since an origin, from `Instant`. (Linux's coarse clock is
-/// five times cheaper to read, but it lags: up to 11 ms against its 4 ms
-/// tick on this project's VM under load, so a deadline could end early.)
-#[derive(Debug)]
-struct Clock {
-    origin: Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
-    }
-
-    /// Nanoseconds since `origin`; saturates at `u64::MAX` (some five
-    /// centuries).
-    #[inline]
-    fn elapsed_ns(&self) -> u64 {
-        let since = Instant::now().saturating_duration_since(self.origin);
-        since
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(since.subsec_nanos()))
-    }
-}
-
-/// The handshakes whose deadlines end at one instant, and the timer that
-/// tells them.
+/// The handshakes that started while it was open, and the timers that close
+/// it and then tell them their time is up.
 #[derive(Debug)]
 struct Grain {
-    /// When its handshakes' deadlines pass, in nanoseconds since the
-    /// clock's origin.
-    end_ns: u64,
+    /// Accepts may still join it.
+    open: AtomicBool,
     fired: AtomicBool,
     waiting: Mutex<Waiting>,
-    /// Registered with the reactor at start; kept so it stays registered.
+    timeout: Duration,
+    /// The timer pending (closing, then firing), kept so it stays
+    /// registered.
     timer: Mutex<Option<Timer>>,
 }
 
@@ -158,22 +111,60 @@ struct Waiting {
 }
 
 impl Grain {
-    fn start(end_ns: u64, when: Instant) -> Arc<Self> {
+    /// A grain open until `close_at`.
+    fn open(close_at: Instant, timeout: Duration) -> Arc<Self> {
         let grain = Arc::new(Self {
-            end_ns,
+            open: AtomicBool::new(true),
             fired: AtomicBool::new(false),
             waiting: Mutex::default(),
+            timeout,
             timer: Mutex::new(None),
         });
-        // Polled once to register it; it fires at `when` and calls `Ring`.
-        let ring = futures::task::waker(Arc::new(Ring(Arc::downgrade(&grain))));
-        let mut timer = Timer::at(when);
-        if timer.poll_unpin(&mut Context::from_waker(&ring)).is_ready() {
-            grain.fire();
-        } else {
-            *lock(&grain.timer) = Some(timer);
-        }
+        grain.arm(close_at, Step::Close);
         grain
+    }
+
+    /// Registers the timer for `step` at `when` (polled once, with a waker
+    /// that holds the grain weakly), or takes the step now if it is due.
+    fn arm(self: &Arc<Self>, when: Instant, step: Step) {
+        let waker = futures::task::waker(Arc::new(Ring {
+            grain: Arc::downgrade(self),
+            step,
+        }));
+        let mut timer = Timer::at(when);
+        if timer
+            .poll_unpin(&mut Context::from_waker(&waker))
+            .is_ready()
+        {
+            self.take(step);
+        } else {
+            // The timer replaced (the one that closed the grain) is dropped
+            // outside the lock.
+            let replaced = lock(&self.timer).replace(timer);
+            drop(replaced);
+        }
+    }
+
+    fn take(self: &Arc<Self>, step: Step) {
+        match step {
+            Step::Close => self.close(),
+            Step::Fire => self.fire(),
+        }
+    }
+
+    /// No accept joins from now on; the handshakes that did time out a
+    /// timeout from now.
+    fn close(self: &Arc<Self>) {
+        // SeqCst: once the swap is done, no accept can still see the grain
+        // open, so every handshake in it started before the clock read.
+        if !self.open.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match Instant::now().checked_add(self.timeout) {
+            Some(when) => self.arm(when, Step::Fire),
+            // Checked when the grain opened; unreachable in practice.
+            None => drop(lock(&self.timer).take()),
+        }
     }
 
     fn fire(&self) {
@@ -183,18 +174,29 @@ impl Grain {
         for waker in wakers.wakers.into_iter().flatten() {
             waker.wake();
         }
-        *lock(&self.timer) = None;
+        let timer = lock(&self.timer).take();
+        drop(timer);
     }
 }
 
-/// The waker the grain's timer calls: it holds the grain weakly, so a grain
+/// What a grain's timer does when it fires.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Close,
+    Fire,
+}
+
+/// The waker a grain's timer calls: it holds the grain weakly, so a grain
 /// nobody waits on any more is dropped with its timer.
-struct Ring(Weak<Grain>);
+struct Ring {
+    grain: Weak<Grain>,
+    step: Step,
+}
 
 impl ArcWake for Ring {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        if let Some(grain) = arc_self.0.upgrade() {
-            grain.fire();
+        if let Some(grain) = arc_self.grain.upgrade() {
+            grain.take(arc_self.step);
         }
     }
 }
@@ -361,6 +363,45 @@ mod tests {
             weak.upgrade().is_none(),
             "no cycle through the timer's waker"
         );
+    }
+
+    #[test]
+    fn no_deadline_passes_before_its_timeout_whichever_grain_it_joins() {
+        // 1 ms grains: forty starts a quarter of a millisecond apart join a
+        // dozen grains, early and late in each.
+        let timeout = Duration::from_millis(20);
+        let deadlines = Deadlines::new(timeout);
+        let mut started = Vec::new();
+        for _ in 0..40 {
+            started.push((Instant::now(), deadlines.start().expect("a deadline")));
+            std::thread::sleep(Duration::from_micros(250));
+        }
+        let grains = started
+            .windows(2)
+            .filter(|pair| !Arc::ptr_eq(&pair[0].1.grain, &pair[1].1.grain))
+            .count();
+        assert!(grains >= 2, "the starts span several grains ({grains})");
+        let noop = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&noop);
+        let mut passed: Vec<Option<Instant>> = vec![None; started.len()];
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while passed.iter().any(Option::is_none) && Instant::now() < give_up {
+            for ((_, deadline), passed) in started.iter_mut().zip(&mut passed) {
+                if passed.is_none() && deadline.poll_passed(&mut cx).is_ready() {
+                    *passed = Some(Instant::now());
+                }
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for ((start, _), passed) in started.iter().zip(&passed) {
+            let waited = passed
+                .expect("every deadline passes")
+                .duration_since(*start);
+            assert!(
+                waited >= timeout,
+                "passed after {waited:?}, before its timeout"
+            );
+        }
     }
 
     #[test]
