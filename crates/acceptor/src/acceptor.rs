@@ -355,9 +355,10 @@ impl Builder {
     /// Default 10 s.
     ///
     /// A handshake times out after at least this long and at most a
-    /// thirty-second of it more (never more than 250 ms more): handshakes
-    /// starting close together share one timer, so a busy server does not
-    /// wake the timer thread for every connection.
+    /// thirty-second of it more (never more than 250 ms more), plus however
+    /// late the reactor runs its timers: handshakes starting close together
+    /// share one timer, so a busy server does not wake the timer thread for
+    /// every connection, and starting one reads no clock.
     pub fn handshake_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.handshake_timeout = timeout.into();
         self

@@ -296,7 +296,8 @@ impl ConnectorBuilder {
     /// [`io::ErrorKind::TimedOut`]; `None` for no limit. Default 10 s
     /// ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)).
     /// The deadline passes between the timeout and the timeout plus a
-    /// thirty-second of it (at most 250 ms): handshakes share timers.
+    /// thirty-second of it (at most 250 ms), plus however late the reactor
+    /// runs its timers: handshakes share timers.
     pub fn handshake_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.handshake_timeout = timeout.into();
         self
