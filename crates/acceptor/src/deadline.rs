@@ -137,12 +137,28 @@ impl Grain {
             .is_ready()
         {
             self.take(step);
-        } else {
-            // The timer replaced (the one that closed the grain) is dropped
-            // outside the lock.
-            let replaced = lock(&self.timer).replace(timer);
-            drop(replaced);
+            return;
         }
+        #[cfg(test)]
+        tests::stall_after_poll(self, step);
+        let mut slot = lock(&self.timer);
+        // The timer may have fired already, on the reactor's thread, between
+        // the poll and the lock (a thread descheduled that long): its step is
+        // then taken, and the slot may hold the next step's timer, which must
+        // stay registered.
+        let taken = match step {
+            Step::Close => !self.open.load(Ordering::SeqCst),
+            Step::Fire => self.fired.load(Ordering::Acquire),
+        };
+        let dropped = if taken {
+            Some(timer)
+        } else {
+            slot.replace(timer)
+        };
+        drop(slot);
+        // Dropped outside the lock: the spent timer, or the one replaced
+        // (the timer that closed the grain).
+        drop(dropped);
     }
 
     fn take(self: &Arc<Self>, step: Step) {
@@ -314,6 +330,52 @@ mod tests {
     use std::future::poll_fn;
 
     use super::*;
+
+    thread_local! {
+        /// Whether this thread, between registering a grain's closing timer
+        /// and keeping it, waits until the timer has closed the grain.
+        static STALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    pub(super) fn stall_after_poll(grain: &Grain, step: Step) {
+        if matches!(step, Step::Close) && STALL.get() {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while grain.open.load(Ordering::SeqCst) && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_closing_timer_that_fires_before_it_is_kept_leaves_the_grain_armed() {
+        // The thread opening the grain stalls after registering the closing
+        // timer (due in 1.6 ms) until it has fired: the grain closes and
+        // arms its firing timer (due 50 ms later) meanwhile, which the
+        // stalled thread must not replace.
+        STALL.set(true);
+        let deadlines = Deadlines::new(Duration::from_millis(50));
+        let started = Instant::now();
+        let mut deadline = deadlines.start().expect("a deadline");
+        STALL.set(false);
+        assert!(
+            !deadline.grain.open.load(Ordering::SeqCst),
+            "closed while stalled"
+        );
+        let passed = futures::executor::block_on(async {
+            let timeout = Timer::after(Duration::from_secs(10));
+            let passed = poll_fn(|cx| deadline.poll_passed(cx));
+            futures::pin_mut!(passed);
+            matches!(
+                futures::future::select(passed, timeout).await,
+                futures::future::Either::Left(_)
+            )
+        });
+        assert!(
+            passed,
+            "the grain never fired: its firing timer was dropped"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
 
     fn passed(deadline: &mut Deadline) -> Instant {
         futures::executor::block_on(poll_fn(|cx| deadline.poll_passed(cx)));
