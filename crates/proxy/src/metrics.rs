@@ -339,8 +339,9 @@ fn gauge(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) ->
         .encode_gauge(&value)
 }
 
-/// The not-after of the served leaf and of every client CA, and the
-/// `nextUpdate` of every CRL in force, as labelled gauges.
+/// The not-after of the served leaf, of every client CA and of every named
+/// pair's certificate, and the `nextUpdate` of every CRL in force, as
+/// labelled gauges.
 fn certificate_metrics(out: &mut DescriptorEncoder<'_>, status: &Status) -> fmt::Result {
     let mut not_after = out.encode_descriptor(
         "tls_reload_certificate_not_after_seconds",
@@ -359,6 +360,25 @@ fn certificate_metrics(out: &mut DescriptorEncoder<'_>, status: &Status) -> fmt:
         not_after
             .encode_family(&labels)?
             .encode_gauge(&unix_seconds(expires))?;
+    }
+    // Named (SNI) pairs: one sample per pair that serves a certificate. A
+    // pair that has never built has no line (its error is in /status).
+    if status.pairs.iter().any(|pair| pair.leaf.is_some()) {
+        let mut pairs = out.encode_descriptor(
+            "tls_reload_pair_not_after_seconds",
+            "Unix time the certificate a named (SNI) pair serves expires (pair: its file stem).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for pair in &status.pairs {
+            if let Some(leaf) = &pair.leaf {
+                let serial = leaf.serial_hex();
+                let labels = [("pair", pair.stem.as_str()), ("serial", serial.as_str())];
+                pairs
+                    .encode_family(&labels)?
+                    .encode_gauge(&unix_seconds(leaf.not_after))?;
+            }
+        }
     }
     let mut next_update = out.encode_descriptor(
         "tls_reload_crl_next_update_seconds",

@@ -452,4 +452,16 @@ fn cert_dir_pairs_are_served_by_name_and_listed_in_status() {
             .contains("bad.pem"),
         "{status}"
     );
+    // /metrics: the served pair's expiry, none for the broken one.
+    let (code, _, page) = http(proxy.status.unwrap(), "GET", "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("# TYPE tls_reload_pair_not_after_seconds gauge"),
+        "{page}"
+    );
+    let expiry = pairs[0]["not_after"].as_i64().expect("not_after");
+    let line =
+        format!("tls_reload_pair_not_after_seconds{{pair=\"api\",serial=\"1002\"}} {expiry}");
+    assert!(page.lines().any(|l| l == line), "{line} in\n{page}");
+    assert!(!page.contains("pair=\"bad\""), "{page}");
 }
