@@ -5,6 +5,8 @@
 //! `shutdown(Write)`, for TLS a `close_notify` and then that), and the
 //! opposite direction keeps going until its own end. Both directions run in
 //! one future over the two streams, so neither needs splitting or locking.
+//! They take turns, one buffer each: an answer the target gives to the
+//! first part of a request goes back while the rest is still being read.
 //!
 //! A direction holds a buffer only while bytes are in flight: each read
 //! borrows one from the thread's pool and gives it back when the read
@@ -33,8 +35,8 @@ pub(crate) const BUFFER_SIZE: usize = 64 * 1024;
 /// The most plaintext one TLS record carries.
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 
-/// How many buffers one direction moves before yielding to other tasks, so
-/// that a busy connection cannot hold a thread.
+/// How many buffers each direction moves before the copy yields to other
+/// tasks, so that a busy connection cannot hold a thread.
 const BUFFERS_PER_POLL: usize = 16;
 
 /// Buffers a thread keeps for its next reads (1 MiB); more are freed.
@@ -120,8 +122,24 @@ where
     let mut idle = idle_timeout.map(Idle::new);
     poll_fn(|cx| {
         let moved = forward.moved() + backward.moved();
-        let forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
-        let backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
+        // One buffer each way in turn, so that what the target answers to
+        // a first record goes back while the next ones are decrypted
+        // (an echoed connection alone on its worker: 423 to 441 against
+        // 356 to 398 MB/s one buffer after another, with jemalloc both).
+        let (mut forward_done, mut backward_done);
+        let mut turns = 0;
+        loop {
+            forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
+            backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
+            if !(forward.more || backward.more) {
+                break;
+            }
+            turns += 1;
+            if turns == BUFFERS_PER_POLL {
+                cx.waker().wake_by_ref();
+                break;
+            }
+        }
         if forward_done && backward_done {
             return Poll::Ready(Ok(Copied {
                 forward: forward.copied,
@@ -184,6 +202,9 @@ struct Pipe {
     read_done: bool,
     needs_flush: bool,
     closed: bool,
+    /// The last [`poll_copy`](Self::poll_copy) moved a buffer and returned
+    /// without waiting: it has more to do at once.
+    more: bool,
     /// Bytes read so far.
     read: u64,
     /// Bytes written so far.
@@ -235,8 +256,10 @@ impl Pipe {
         Ok(())
     }
 
-    /// Moves bytes from `reader` to `writer`; ready once the reader ended,
-    /// everything was written and the writer was closed.
+    /// Moves one buffer from `reader` to `writer`; ready once the reader
+    /// ended, everything was written and the writer was closed. `Pending`
+    /// with [`more`](Self::more) set after a buffer was written: not
+    /// waiting for anything, the caller decides when to go on.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -247,69 +270,68 @@ impl Pipe {
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
+        self.more = false;
         if self.closed {
             return Poll::Ready(Ok(()));
         }
-        for _ in 0..BUFFERS_PER_POLL {
-            if self.buf.is_none() && !self.read_done {
-                let mut buf = take_buffer();
-                let read = Pin::new(&mut *reader).poll_read(cx, &mut buf);
-                match read {
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        (self.start, self.end) = (0, n);
-                        self.read += n as u64;
-                        if sharing_the_thread() {
-                            self.fill_up(cx, reader, &mut buf)?;
-                        }
-                        self.buf = Some(buf);
+        if self.buf.is_none() && !self.read_done {
+            let mut buf = take_buffer();
+            let read = Pin::new(&mut *reader).poll_read(cx, &mut buf);
+            match read {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    (self.start, self.end) = (0, n);
+                    self.read += n as u64;
+                    if sharing_the_thread() {
+                        self.fill_up(cx, reader, &mut buf)?;
                     }
-                    Poll::Ready(Ok(_)) => {
-                        give_back(buf);
-                        self.read_done = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        give_back(buf);
-                        if e.kind() != io::ErrorKind::UnexpectedEof {
-                            return Poll::Ready(Err(e));
-                        }
-                        self.read_done = true;
-                    }
-                    Poll::Pending => {
-                        give_back(buf);
-                        // Nothing more to send for now: push out what the
-                        // writer buffered (a TLS stream buffers records).
-                        if self.needs_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                            self.needs_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
+                    self.buf = Some(buf);
                 }
-            }
-            if let Some(buf) = &self.buf {
-                while self.start < self.end {
-                    let unwritten = &buf[self.start..self.end];
-                    // Pending keeps the bytes, and the buffer, until the
-                    // writer takes them.
-                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, unwritten))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    self.start += n;
-                    self.copied += n as u64;
-                    self.needs_flush = true;
+                Poll::Ready(Ok(_)) => {
+                    give_back(buf);
+                    self.read_done = true;
                 }
-            }
-            if let Some(buf) = self.buf.take() {
-                give_back(buf);
-            }
-            if self.read_done {
-                ready!(Pin::new(&mut *writer).poll_close(cx))?;
-                self.closed = true;
-                return Poll::Ready(Ok(()));
+                Poll::Ready(Err(e)) => {
+                    give_back(buf);
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        return Poll::Ready(Err(e));
+                    }
+                    self.read_done = true;
+                }
+                Poll::Pending => {
+                    give_back(buf);
+                    // Nothing more to send for now: push out what the
+                    // writer buffered (a TLS stream buffers records).
+                    if self.needs_flush {
+                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        self.needs_flush = false;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
-        cx.waker().wake_by_ref();
+        if let Some(buf) = &self.buf {
+            while self.start < self.end {
+                let unwritten = &buf[self.start..self.end];
+                // Pending keeps the bytes, and the buffer, until the
+                // writer takes them.
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, unwritten))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                self.copied += n as u64;
+                self.needs_flush = true;
+            }
+        }
+        if let Some(buf) = self.buf.take() {
+            give_back(buf);
+        }
+        if self.read_done {
+            ready!(Pin::new(&mut *writer).poll_close(cx))?;
+            self.closed = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.more = true;
         Poll::Pending
     }
 }
@@ -319,6 +341,7 @@ impl Pipe {
 mod tests {
     use std::collections::VecDeque;
     use std::future::Future as _;
+    use std::rc::Rc;
 
     use super::*;
 
@@ -338,6 +361,8 @@ mod tests {
         blocked: bool,
         flushes: usize,
         closed: bool,
+        /// Every write, in order, shared with the other side's mock.
+        log: Option<Rc<RefCell<Vec<Vec<u8>>>>>,
     }
 
     impl Mock {
@@ -389,6 +414,9 @@ mod tests {
             self.offered.push(buf.len());
             let n = buf.len().min(self.max_write);
             self.written.extend_from_slice(&buf[..n]);
+            if let Some(log) = &self.log {
+                log.borrow_mut().push(buf[..n].to_vec());
+            }
             Poll::Ready(Ok(n))
         }
 
@@ -400,6 +428,19 @@ mod tests {
         fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             self.closed = true;
             Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Polls `pipe` from `a` to `b` until it waits or ends, as the copy
+    /// does when the other direction has nothing to move.
+    fn poll_pipe(pipe: &mut Pipe, a: &mut Mock, b: &mut Mock) -> Poll<io::Result<()>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            let poll = pipe.poll_copy(&mut cx, a, b);
+            if poll.is_ready() || !pipe.more {
+                return poll;
+            }
         }
     }
 
@@ -463,6 +504,27 @@ mod tests {
         assert_eq!(offered(&[b"short", b"reads"]), [5, 5]);
         drop(other);
         assert_eq!(offered(&records), record_by_record);
+    }
+
+    /// With bytes waiting both ways, the directions take turns, one buffer
+    /// each, rather than one moving all it can first.
+    #[test]
+    fn the_directions_take_turns() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut a = Mock::sending(&[b"q1", b"q2", b"q3"], eof());
+        let mut b = Mock::sending(&[b"r1", b"r2", b"r3"], eof());
+        for side in [&mut a, &mut b] {
+            // Both stay open: the copy waits once the scripts are read.
+            side.reads.pop_back();
+            side.max_write = 100;
+            side.log = Some(log.clone());
+        }
+        assert!(poll_copy_once(&mut a, &mut b).is_pending());
+        let order: Vec<&[u8]> = [b"q1", b"r1", b"q2", b"r2", b"q3", b"r3"]
+            .iter()
+            .map(|w| &w[..])
+            .collect();
+        assert_eq!(*log.borrow(), order);
     }
 
     #[test]
@@ -536,9 +598,7 @@ mod tests {
             ..Mock::default()
         };
         let mut pipe = Pipe::default();
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(pipe.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        assert!(poll_pipe(&mut pipe, &mut a, &mut b).is_pending());
         assert_eq!(b.written, b"hello");
         assert!(pipe.buf.is_none(), "a silent direction keeps its buffer");
     }
@@ -552,14 +612,12 @@ mod tests {
             ..Mock::default()
         };
         let mut pipe = Pipe::default();
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(pipe.poll_copy(&mut cx, &mut a, &mut b).is_pending());
+        assert!(poll_pipe(&mut pipe, &mut a, &mut b).is_pending());
         assert!(pipe.buf.is_some(), "the unwritten bytes were dropped");
         assert_eq!(a.reads.len(), 2, "read on while the writer was full");
 
         b.blocked = false;
-        assert!(pipe.poll_copy(&mut cx, &mut a, &mut b).is_ready());
+        assert!(poll_pipe(&mut pipe, &mut a, &mut b).is_ready());
         assert_eq!(b.written, b"firstsecond");
         assert!(b.closed);
         assert!(pipe.buf.is_none());
