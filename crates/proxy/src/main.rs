@@ -8,6 +8,11 @@
 
 use std::process::ExitCode;
 
+/// jemalloc rather than glibc's malloc: see the `tikv-jemallocator` line
+/// of Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // `args_os`: a non-UTF-8 argument is a usage error (exit 2), not a panic.
     tls_reload_proxy::run(std::env::args_os().skip(1))
