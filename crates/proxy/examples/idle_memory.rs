@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use common::{client_config, connect, write_certificate, Tls};
+use common::{client_config, connect, haproxy_config, stunnel_config, write_certificate, Tls};
 use rustls::ClientConfig;
 use smol::Async;
 
@@ -288,37 +288,15 @@ impl Server {
             }
             Kind::Stunnel => {
                 let addr = free_port()?;
-                let config = dir.join("stunnel.conf");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "foreground = yes\npid =\ndebug = err\noutput = {}\n\n[bench]\naccept = {addr}\n\
-                         connect = {backend}\ncert = {}\nkey = {}\nsslVersionMin = TLSv1.3\n\
-                         ciphersuites = TLS_AES_128_GCM_SHA256\n",
-                        dir.join("stunnel.log").display(),
-                        cert.display(),
-                        key.display(),
-                    ),
-                )?;
+                let config = stunnel_config(dir, addr, backend, cert, key)?;
                 let mut command = Command::new("stunnel4");
                 command.arg(&config);
                 Self::listening(command, addr)
             }
             Kind::Haproxy => {
                 let addr = free_port()?;
-                let config = dir.join("haproxy.cfg");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "global\n  maxconn {}\n  nbthread 2\n\
-                         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
-                         frontend bench\n  bind {addr} ssl crt {} ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256\n  default_backend echo\n\
-                         backend echo\n  server echo {backend}\n",
-                        // HAProxy wants two descriptors per connection.
-                        fd_limit / 2 - 50,
-                        dir.join("haproxy.pem").display(),
-                    ),
-                )?;
+                // HAProxy wants two descriptors per connection.
+                let config = haproxy_config(dir, addr, backend, 2, fd_limit / 2 - 50)?;
                 let mut command = Command::new("haproxy");
                 command.args(["-db", "-f"]).arg(&config);
                 Self::listening(command, addr)

@@ -17,6 +17,10 @@
 //! `VS_STUNNEL_ARGS="--threads 4"` adds flags to ours (not the baseline);
 //! `VS_STUNNEL_ONLY="16 conn, echo"` runs only the rows whose name holds it,
 //! and `VS_STUNNEL_ROUNDS=4` takes the best of 4 runs instead of 2.
+//! `VS_STUNNEL_HAPROXY=1` adds `haproxy` (same certificate and cipher,
+//! two threads, TCP mode) as a column before stunnel4's, and a last
+//! column with our ratio to it. The load average is printed before and
+//! after the table: the machine is shared, and a busy run says little.
 
 mod common;
 
@@ -30,7 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use common::{client_config, connect, write_certificate};
+use common::{client_config, connect, haproxy_config, stunnel_config, write_certificate};
 use rustls::ClientConfig;
 
 /// Concurrent clients opening connections in the connections/s test.
@@ -69,6 +73,10 @@ fn main() -> anyhow::Result<()> {
             )?);
         }
     }
+    let haproxy = std::env::var_os("VS_STUNNEL_HAPROXY").is_some_and(|v| v != "0");
+    if haproxy {
+        servers.push(Server::haproxy(dir.path(), backend)?);
+    }
     servers.push(Server::stunnel(dir.path(), &cert, &key, backend)?);
     let config = client_config(root)?;
     for server in &servers {
@@ -80,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         seconds,
         thread::available_parallelism().map_or(1, |n| n.get())
     );
+    println!("load average before: {}\n", load_average());
 
     type Measure = fn(SocketAddr, &Arc<ClientConfig>, Duration) -> anyhow::Result<f64>;
     // The CPU row a measurement counts in: 0 streamed, 1 echoed, or none.
@@ -111,11 +120,17 @@ fn main() -> anyhow::Result<()> {
         ("new connections", "conn/s", None, handshakes),
     ];
     let stunnel = servers.len() - 1;
+    // HAProxy's column, just before stunnel4's.
+    let haproxy = haproxy.then(|| stunnel - 1);
     print!("{:<22}", "measurement");
     for server in &servers {
         print!(" {:>18}", server.name);
     }
-    println!(" {:>13}", "ours/stunnel");
+    print!(" {:>13}", "ours/stunnel");
+    if haproxy.is_some() {
+        print!(" {:>13}", "ours/haproxy");
+    }
+    println!();
     // CPU seconds and bytes of the streamed and the echoed rows, per server.
     let mut used = [
         vec![(0f64, 0f64); servers.len()],
@@ -146,7 +161,11 @@ fn main() -> anyhow::Result<()> {
         for rate in &best {
             print!(" {rate:>11.0} {unit:<6}");
         }
-        println!(" {:>13.2}", best[0] / best[stunnel]);
+        print!(" {:>13.2}", best[0] / best[stunnel]);
+        if let Some(haproxy) = haproxy {
+            print!(" {:>13.2}", best[0] / best[haproxy]);
+        }
+        println!();
     }
     for (what, used) in ["streamed", "echoed"].iter().zip(&used) {
         if used[0].1 == 0.0 {
@@ -156,12 +175,33 @@ fn main() -> anyhow::Result<()> {
         for (cpu, bytes) in used {
             print!(" {:>18.2}", cpu / (bytes / (1u64 << 30) as f64));
         }
-        println!(
+        print!(
             " {:>13.2}",
             (used[0].0 / used[0].1) / (used[stunnel].0 / used[stunnel].1)
         );
+        if let Some(haproxy) = haproxy {
+            print!(
+                " {:>13.2}",
+                (used[0].0 / used[0].1) / (used[haproxy].0 / used[haproxy].1)
+            );
+        }
+        println!();
     }
+    println!("\nload average after: {}", load_average());
     Ok(())
+}
+
+/// The first three fields of /proc/loadavg (1, 5 and 15 minutes).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
 }
 
 /// The backend: after a first byte `D` it sends zeros until the client
@@ -261,20 +301,43 @@ impl Server {
         Ok(Self { name, addr, child })
     }
 
+    /// HAProxy 2.x in TCP mode, two threads (one per CPU here), with the
+    /// certificate and key in one file (`haproxy.pem`).
+    fn haproxy(dir: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let threads = thread::available_parallelism().map_or(1, |n| n.get());
+        let config = haproxy_config(dir, addr, backend, threads, 1_000)?;
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start haproxy (Debian package haproxy)")?;
+        Self::listening("haproxy", child, addr)
+    }
+
+    /// A server started elsewhere, once it accepts on `addr`.
+    fn listening(name: &str, child: Child, addr: SocketAddr) -> anyhow::Result<Self> {
+        let server = Self {
+            name: name.to_owned(),
+            addr,
+            child,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("{name} did not listen on {addr}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
     fn stunnel(dir: &Path, cert: &Path, key: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let config = dir.join("stunnel.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "foreground = yes\npid =\ndebug = err\noutput = {}\n\n[bench]\naccept = {addr}\n\
-                 connect = {backend}\ncert = {}\nkey = {}\nsslVersionMin = TLSv1.3\n\
-                 ciphersuites = TLS_AES_128_GCM_SHA256\n",
-                dir.join("stunnel.log").display(),
-                cert.display(),
-                key.display(),
-            ),
-        )?;
+        let config = stunnel_config(dir, addr, backend, cert, key)?;
         let child = Command::new("stunnel4")
             .arg(&config)
             .stdin(Stdio::null())
@@ -282,19 +345,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start stunnel4 (Debian package stunnel4)")?;
-        let server = Self {
-            name: "stunnel4".to_owned(),
-            addr,
-            child,
-        };
-        let start = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("stunnel4 did not listen on {addr}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
+        Self::listening("stunnel4", child, addr)
     }
 }
 

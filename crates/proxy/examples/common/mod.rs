@@ -42,6 +42,55 @@ pub(crate) fn client_config(root: CertificateDer<'static>) -> anyhow::Result<Arc
     Ok(Arc::new(config))
 }
 
+/// Writes `stunnel.conf` in `dir` for stunnel4 on `addr` in front of
+/// `backend` (TLS 1.3, TLS_AES_128_GCM_SHA256 only) and returns its path.
+pub(crate) fn stunnel_config(
+    dir: &Path,
+    addr: SocketAddr,
+    backend: SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> std::io::Result<PathBuf> {
+    let config = dir.join("stunnel.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "foreground = yes\npid =\ndebug = err\noutput = {}\n\n[bench]\naccept = {addr}\n\
+             connect = {backend}\ncert = {}\nkey = {}\nsslVersionMin = TLSv1.3\n\
+             ciphersuites = TLS_AES_128_GCM_SHA256\n",
+            dir.join("stunnel.log").display(),
+            cert.display(),
+            key.display(),
+        ),
+    )?;
+    Ok(config)
+}
+
+/// Writes `haproxy.cfg` in `dir` for HAProxy on `addr` in front of
+/// `backend` in TCP mode with `threads` threads and at most `maxconn`
+/// connections, serving `haproxy.pem` (TLS 1.3, TLS_AES_128_GCM_SHA256
+/// only), and returns its path.
+pub(crate) fn haproxy_config(
+    dir: &Path,
+    addr: SocketAddr,
+    backend: SocketAddr,
+    threads: usize,
+    maxconn: usize,
+) -> std::io::Result<PathBuf> {
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn {maxconn}\n  nbthread {threads}\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+             frontend bench\n  bind {addr} ssl crt {} ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256\n  default_backend echo\n\
+             backend echo\n  server echo {backend}\n",
+            dir.join("haproxy.pem").display(),
+        ),
+    )?;
+    Ok(config)
+}
+
 pub(crate) type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 pub(crate) fn connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> anyhow::Result<Tls> {
