@@ -20,6 +20,7 @@ use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
 use crate::named::{NamedStart, PairSources};
 use crate::server::{ServerKind, Shared};
 use crate::source::DetectorSource;
+use crate::start;
 use crate::{Events, ExpiryWindow, Incoming, PairFiles, ReloadError, SniResolver, Status};
 
 /// How often the reloader checks the files unless told otherwise.
@@ -92,25 +93,32 @@ impl ReloadingAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let timeout = self.shared.deadlines.as_ref().and_then(Deadlines::start);
-        let serving = self.shared.engine.serving();
         if let Some(table) = self.shared.refuses_unknown_names() {
-            return Accept {
-                handshake: Handshake::Hello(Box::new(Hello {
-                    io: Some(io),
-                    acceptor: rustls::server::Acceptor::default(),
-                    seen: Vec::new(),
-                    config: serving.config.clone(),
-                    table: table.clone(),
-                    alert: None,
-                })),
-                timeout,
-            };
+            return self.hello(io, table, timeout);
         }
-        // One expression, the handshake made last: fewer copies of its
-        // 1.2 kB state on the way to the caller.
         Accept {
             timeout,
-            handshake: Handshake::Direct(serving.acceptor.accept(io)),
+            handshake: Handshake::Direct(start::accept(&self.shared.engine.serving().acceptor, io)),
+        }
+    }
+
+    /// Named pairs and no default pair: the ClientHello is read first.
+    #[cold]
+    #[inline(never)]
+    fn hello<IO>(&self, io: IO, table: &Arc<SniResolver>, timeout: Option<Deadline>) -> Accept<IO>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        Accept {
+            handshake: Handshake::Hello(Box::new(Hello {
+                io: Some(io),
+                acceptor: rustls::server::Acceptor::default(),
+                seen: Vec::new(),
+                config: self.shared.engine.serving().config.clone(),
+                table: table.clone(),
+                alert: None,
+            })),
+            timeout,
         }
     }
 

@@ -23,6 +23,7 @@ use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::reloader::{self, Lifeline, Options};
 use crate::engine::{self, Driven, Engine, Happening, Kind, Reconfigure, Start, Subscribers};
 use crate::source::DetectorSource;
+use crate::start;
 use crate::{
     CertKind, ConnectorEvent, ConnectorStatus, Events, ExpiryWindow, ReloadError, Reloader,
 };
@@ -105,12 +106,7 @@ impl ReloadingConnector {
         let timeout = self.shared.deadlines.as_ref().and_then(Deadlines::start);
         Connect {
             timeout,
-            handshake: self
-                .shared
-                .engine
-                .serving()
-                .connector
-                .connect(server_name, io),
+            handshake: start::connect(&self.shared.engine.serving().connector, server_name, io),
         }
     }
 

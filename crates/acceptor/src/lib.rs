@@ -93,6 +93,7 @@ mod named;
 mod server;
 mod sni;
 mod source;
+mod start;
 mod status;
 
 pub use acceptor::{
