@@ -18,7 +18,7 @@ use tls_reload_detect::{Detector, Strategy};
 use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
 use crate::named::{NamedStart, PairSources};
-use crate::server::{ServerKind, Shared};
+use crate::server::{self, ServerKind, Shared};
 use crate::source::DetectorSource;
 use crate::start;
 use crate::{Events, ExpiryWindow, Incoming, PairFiles, ReloadError, SniResolver, Status};
@@ -96,9 +96,20 @@ impl ReloadingAcceptor {
         if let Some(table) = self.shared.refuses_unknown_names() {
             return self.hello(io, table, timeout);
         }
-        Accept {
-            timeout,
-            handshake: Handshake::Direct(start::accept(&self.shared.engine.serving().acceptor, io)),
+        let lent = self.shared.engine.lend(&server::RECENT);
+        match lent.get() {
+            Some(serving) => Accept {
+                timeout,
+                handshake: Handshake::Direct(start::accept(&serving.acceptor, io)),
+            },
+            // Never: the value is there until `lent` is dropped.
+            None => Accept {
+                timeout,
+                handshake: Handshake::Direct(start::accept(
+                    &self.shared.engine.serving().acceptor,
+                    io,
+                )),
+            },
         }
     }
 

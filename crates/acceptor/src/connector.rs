@@ -21,7 +21,9 @@ use tls_reload_detect::{Detector, Strategy};
 use crate::acceptor::{default_options, default_settings, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::reloader::{self, Lifeline, Options};
-use crate::engine::{self, Driven, Engine, Happening, Kind, Reconfigure, Start, Subscribers};
+use crate::engine::{
+    self, Driven, Engine, Happening, Kind, Recent, Reconfigure, Start, Subscribers,
+};
 use crate::source::DetectorSource;
 use crate::start;
 use crate::{
@@ -104,9 +106,17 @@ impl ReloadingConnector {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let timeout = self.shared.deadlines.as_ref().and_then(Deadlines::start);
-        Connect {
-            timeout,
-            handshake: start::connect(&self.shared.engine.serving().connector, server_name, io),
+        let lent = self.shared.engine.lend(&RECENT);
+        match lent.get() {
+            Some(serving) => Connect {
+                timeout,
+                handshake: start::connect(&serving.connector, server_name, io),
+            },
+            // Never: the value is there until `lent` is dropped.
+            None => Connect {
+                timeout,
+                handshake: start::connect(&self.shared.engine.serving().connector, server_name, io),
+            },
         }
     }
 
@@ -402,6 +412,11 @@ pub(crate) struct ClientKind;
 pub(crate) struct Connecting {
     config: Arc<ClientConfig>,
     connector: futures_rustls::TlsConnector,
+}
+
+thread_local! {
+    /// This thread's copies of what connectors serve ([`Engine::lend`]).
+    static RECENT: Recent<Connecting> = const { Recent::new() };
 }
 
 impl Kind for ClientKind {

@@ -61,8 +61,9 @@
 //! re-armed after every check). Events only wake a check; the fingerprint
 //! decides.
 //!
-//! **The hot path takes no lock.** It loads `served`, an [`ArcSwap`], once
-//! per use ([`Engine::load`]). A good build is stored there by the request
+//! **The hot path takes no lock.** It reads `served`, an `ArcSwap` with a
+//! generation count, once per use: it borrows the thread's own copy while
+//! nothing was published since, else loads the `ArcSwap` ([`published`]). A good build is stored there by the request
 //! that built it, under the state lock so that stores happen in landing
 //! order. There is no pending slot between the two: an `ArcSwap` store is
 //! already atomic between accepts (an accept loads once, so a handshake
@@ -76,17 +77,19 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tls_reload_build::{BuildError, LeafInfo};
 use tls_reload_detect::{Detection, Fingerprint, Watcher};
 
 mod kind;
+pub(crate) mod published;
 pub(crate) mod reloader;
 mod request;
 
 pub(crate) use kind::{Happening, Kind};
+use published::Published;
+pub(crate) use published::{Lent, Recent};
 pub(crate) use reloader::Driven;
 use request::Order;
 
@@ -135,7 +138,7 @@ pub(crate) struct Engine<K: Kind> {
     kind: K,
     /// What the hot path uses: loaded once per use, the only thing it
     /// touches.
-    served: ArcSwap<K::Served>,
+    served: Published<K::Served>,
     state: Mutex<State<K>>,
     subscribers: Arc<Subscribers<K::Event>>,
     settings: Settings,
@@ -238,7 +241,7 @@ impl<K: Kind> Engine<K> {
             None => tracing::info!("tls config loaded"),
         }
         Self {
-            served: ArcSwap::new(start.kind.served(&built)),
+            served: Published::new(start.kind.served(&built)),
             state: Mutex::new(State {
                 materials: start.materials,
                 template: start.template,
@@ -269,6 +272,17 @@ impl<K: Kind> Engine<K> {
     /// guard, but the old value lives until the guard goes).
     pub(crate) fn serving(&self) -> arc_swap::Guard<Arc<K::Served>> {
         self.served.load()
+    }
+
+    /// What the hot path uses now, lent from this thread's copy of it in
+    /// `recent` while that is current ([`published`]): no atomic write at
+    /// all. Give it back when done.
+    #[inline]
+    pub(crate) fn lend(
+        &self,
+        recent: &'static std::thread::LocalKey<Recent<K::Served>>,
+    ) -> Lent<K::Served> {
+        self.served.lend(recent)
     }
 
     /// Where this engine's events go.

@@ -15,7 +15,7 @@ use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Templ
 
 use crate::deadline::Deadlines;
 use crate::engine::reloader::{Lifeline, Options};
-use crate::engine::{Driven, Engine, Happening, Kind, Start};
+use crate::engine::{Driven, Engine, Happening, Kind, Recent, Start};
 use crate::named::{Named, NamedStart};
 use crate::{CertKind, ReloadEvent, SniResolver, Status};
 
@@ -117,6 +117,12 @@ impl Kind for ServerKind {
 pub(crate) struct Serving {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) acceptor: futures_rustls::TlsAcceptor,
+}
+
+thread_local! {
+    /// This thread's copies of what acceptors serve
+    /// ([`Engine::lend`](crate::engine::Engine::lend)).
+    pub(crate) static RECENT: Recent<Serving> = const { Recent::new() };
 }
 
 impl Serving {
