@@ -18,7 +18,7 @@ use tls_reload_detect::{Detector, Strategy};
 use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
 use crate::named::{NamedStart, PairSources};
-use crate::server::{self, ServerKind, Shared};
+use crate::server::{RecentServing, ServerKind, Shared};
 use crate::source::DetectorSource;
 use crate::start;
 use crate::{Events, ExpiryWindow, Incoming, PairFiles, ReloadError, SniResolver, Status};
@@ -96,7 +96,7 @@ impl ReloadingAcceptor {
         if let Some(table) = self.shared.refuses_unknown_names() {
             return self.hello(io, table, timeout);
         }
-        let lent = self.shared.engine.lend(&server::RECENT);
+        let lent = self.shared.engine.lend::<RecentServing>();
         match lent.get() {
             Some(serving) => Accept {
                 timeout,

@@ -22,7 +22,7 @@ use crate::acceptor::{default_options, default_settings, DEFAULT_HANDSHAKE_TIMEO
 use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::reloader::{self, Lifeline, Options};
 use crate::engine::{
-    self, Driven, Engine, Happening, Kind, Recent, Reconfigure, Start, Subscribers,
+    self, Driven, Engine, Happening, Kind, Local, Recent, Reconfigure, Start, Subscribers,
 };
 use crate::source::DetectorSource;
 use crate::start;
@@ -106,7 +106,7 @@ impl ReloadingConnector {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let timeout = self.shared.deadlines.as_ref().and_then(Deadlines::start);
-        let lent = self.shared.engine.lend(&RECENT);
+        let lent = self.shared.engine.lend::<RecentConnecting>();
         match lent.get() {
             Some(serving) => Connect {
                 timeout,
@@ -417,6 +417,18 @@ pub(crate) struct Connecting {
 thread_local! {
     /// This thread's copies of what connectors serve ([`Engine::lend`]).
     static RECENT: Recent<Connecting> = const { Recent::new() };
+}
+
+/// Names [`RECENT`].
+struct RecentConnecting;
+
+impl Local for RecentConnecting {
+    type Value = Connecting;
+
+    #[inline]
+    fn with<R>(f: impl FnOnce(&Recent<Connecting>) -> R) -> Option<R> {
+        RECENT.try_with(f).ok()
+    }
 }
 
 impl Kind for ClientKind {

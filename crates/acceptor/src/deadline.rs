@@ -366,6 +366,7 @@ impl Deadline {
 
 /// The error of a handshake whose `deadline` passed, once it has (never,
 /// without one); until then, the task is woken when it does.
+#[inline]
 pub(crate) fn timed_out(deadline: &mut Option<Deadline>, cx: &mut Context<'_>) -> Poll<io::Error> {
     match deadline {
         Some(deadline) => deadline

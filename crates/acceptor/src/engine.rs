@@ -89,7 +89,7 @@ mod request;
 
 pub(crate) use kind::{Happening, Kind};
 use published::Published;
-pub(crate) use published::{Lent, Recent};
+pub(crate) use published::{Lent, Local, Recent};
 pub(crate) use reloader::Driven;
 use request::Order;
 
@@ -274,15 +274,11 @@ impl<K: Kind> Engine<K> {
         self.served.load()
     }
 
-    /// What the hot path uses now, lent from this thread's copy of it in
-    /// `recent` while that is current ([`published`]): no atomic write at
-    /// all. Give it back when done.
+    /// What the hot path uses now, lent from this thread's copy of it
+    /// while that is current ([`published`]): no atomic write at all.
     #[inline]
-    pub(crate) fn lend(
-        &self,
-        recent: &'static std::thread::LocalKey<Recent<K::Served>>,
-    ) -> Lent<K::Served> {
-        self.served.lend(recent)
+    pub(crate) fn lend<L: Local<Value = K::Served>>(&self) -> Lent<L> {
+        self.served.lend()
     }
 
     /// Where this engine's events go.

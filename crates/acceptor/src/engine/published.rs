@@ -20,9 +20,9 @@
 //!   thread ends (as arc-swap's own `Cache` does).
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::LocalKey;
 
 use arc_swap::ArcSwap;
 
@@ -40,27 +40,53 @@ pub(crate) struct Published<T: 'static> {
 const SLOTS: usize = 4;
 
 /// A thread's copies of what engines of one kind publish: declare one per
-/// kind, `thread_local!` with `Recent::new()`.
-pub(crate) struct Recent<T>([Cell<Option<Kept<T>>>; SLOTS]);
+/// kind, `thread_local!` with `Recent::new()`, and name it with a
+/// [`Local`].
+pub(crate) struct Recent<T>([Copy<T>; SLOTS]);
 
-struct Kept<T> {
-    id: u64,
-    generation: u64,
-    value: Arc<T>,
+/// Names a kind's thread-local [`Recent`] by type, so that reaching it
+/// compiles to a direct thread-local access (through a `&LocalKey` value it
+/// would be a call through a pointer).
+pub(crate) trait Local: 'static {
+    type Value: 'static;
+
+    /// Runs `f` on this thread's table; `None` once the thread's
+    /// thread-locals are gone.
+    fn with<R>(f: impl FnOnce(&Recent<Self::Value>) -> R) -> Option<R>;
+}
+
+/// One engine's copy, direct-mapped by the engine's id.
+struct Copy<T> {
+    id: Cell<u64>,
+    generation: Cell<u64>,
+    /// Out while lent.
+    value: Cell<Option<Arc<T>>>,
 }
 
 impl<T> Recent<T> {
     pub(crate) const fn new() -> Self {
-        Self([const { Cell::new(None) }; SLOTS])
+        Self(
+            [const {
+                Copy {
+                    id: Cell::new(u64::MAX),
+                    generation: Cell::new(0),
+                    value: Cell::new(None),
+                }
+            }; SLOTS],
+        )
     }
 }
 
 /// A value borrowed from a thread's copy (or, when that was stale, from
-/// the `ArcSwap`); dropped, it goes to the thread's table as its copy.
-pub(crate) struct Lent<T: 'static> {
+/// the `ArcSwap`); dropped, it goes back to the thread's table as its copy.
+pub(crate) struct Lent<L: Local> {
     /// Taken only when dropped.
-    kept: Option<Kept<T>>,
-    recent: &'static LocalKey<Recent<T>>,
+    value: Option<Arc<L::Value>>,
+    /// Whose copy and of which generation: it goes back only to a slot
+    /// still tagged so.
+    id: u64,
+    generation: u64,
+    local: PhantomData<L>,
 }
 
 impl<T> Published<T> {
@@ -91,73 +117,87 @@ impl<T> Published<T> {
     /// The value now, through this thread's copy in `recent` while it is
     /// current: no atomic write at all.
     #[inline]
-    pub(crate) fn lend(&self, recent: &'static LocalKey<Recent<T>>) -> Lent<T> {
+    pub(crate) fn lend<L: Local<Value = T>>(&self) -> Lent<L> {
         let generation = self.generation.load(Ordering::Acquire);
         let slot = self.slot();
-        match recent.try_with(|copies| copies.0[slot].take()) {
-            Ok(Some(kept)) if kept.id == self.id && kept.generation == generation => Lent {
-                kept: Some(kept),
-                recent,
+        let copy = L::with(|copies| {
+            let copy = &copies.0[slot];
+            if copy.id.get() == self.id && copy.generation.get() == generation {
+                copy.value.take()
+            } else {
+                None
+            }
+        });
+        match copy {
+            Some(Some(value)) => Lent {
+                value: Some(value),
+                id: self.id,
+                generation,
+                local: PhantomData,
             },
-            stale => self.lend_fresh(recent, generation, stale.ok().flatten()),
+            _ => self.lend_fresh(generation),
         }
     }
 
     /// This thread's copy is stale, another engine's, or missing: the value
-    /// from the `ArcSwap`, to keep as the copy.
+    /// from the `ArcSwap`, which becomes the copy (tagged with the
+    /// generation read before it) once given back.
     #[cold]
     #[inline(never)]
-    fn lend_fresh(
-        &self,
-        recent: &'static LocalKey<Recent<T>>,
-        generation: u64,
-        stale: Option<Kept<T>>,
-    ) -> Lent<T> {
-        // Another engine's copy goes back; a stale one of this engine's
-        // goes.
-        let other = stale.filter(|kept| kept.id != self.id);
-        if let Some(other) = other {
-            let _ = recent.try_with(|copies| copies.0[self.slot()].set(Some(other)));
-        }
+    fn lend_fresh<L: Local<Value = T>>(&self, generation: u64) -> Lent<L> {
+        let slot = self.slot();
+        let replaced = L::with(|copies| {
+            let copy = &copies.0[slot];
+            copy.id.set(self.id);
+            copy.generation.set(generation);
+            copy.value.take()
+        });
+        // Dropped outside the table: it may run a config's destructor.
+        drop(replaced);
         Lent {
-            kept: Some(Kept {
-                id: self.id,
-                generation,
-                value: self.value.load_full(),
-            }),
-            recent,
+            value: Some(self.value.load_full()),
+            id: self.id,
+            generation,
+            local: PhantomData,
         }
     }
 
-    /// Where this engine's copy goes in a thread's table.
     fn slot(&self) -> usize {
-        // Direct-mapped: the first few engines of a kind in a process never
-        // evict each other.
-        (self.id % SLOTS as u64) as usize
+        slot_of(self.id)
     }
 }
 
-impl<T> Lent<T> {
+/// Where an engine's copy goes in a thread's table: direct-mapped, so the
+/// first few engines of a kind in a process never evict each other.
+fn slot_of(id: u64) -> usize {
+    (id % SLOTS as u64) as usize
+}
+
+impl<L: Local> Lent<L> {
     /// The value; `None` only once it went back, in `drop`.
     #[inline]
-    pub(crate) fn get(&self) -> Option<&T> {
-        self.kept.as_ref().map(|kept| &*kept.value)
+    pub(crate) fn get(&self) -> Option<&L::Value> {
+        self.value.as_deref()
     }
 }
 
-impl<T> Drop for Lent<T> {
+impl<L: Local> Drop for Lent<L> {
     #[inline]
     fn drop(&mut self) {
-        let Some(kept) = self.kept.take() else {
-            return;
-        };
-        let slot = (kept.id % SLOTS as u64) as usize;
-        // Whatever took the slot meanwhile (nothing, unless a read on this
-        // thread began while this one was lent) goes, outside the table.
-        let replaced = self
-            .recent
-            .try_with(|copies| copies.0[slot].replace(Some(kept)));
-        drop(replaced);
+        let value = self.value.take();
+        let (id, generation) = (self.id, self.generation);
+        // A slot retagged meanwhile (by a read on this thread while this
+        // one was lent) keeps its own; what does not go back is dropped
+        // outside the table.
+        let left = L::with(|copies| {
+            let copy = &copies.0[slot_of(id)];
+            if copy.id.get() == id && copy.generation.get() == generation {
+                copy.value.replace(value)
+            } else {
+                value
+            }
+        });
+        drop(left);
     }
 }
 
@@ -166,11 +206,21 @@ mod tests {
     use super::*;
 
     thread_local! {
-        static TEST_RECENT: Recent<&'static str> = const { Recent::new() };
+        static RECENT: Recent<&'static str> = const { Recent::new() };
+    }
+
+    struct Strs;
+
+    impl Local for Strs {
+        type Value = &'static str;
+
+        fn with<R>(f: impl FnOnce(&Recent<&'static str>) -> R) -> Option<R> {
+            RECENT.try_with(f).ok()
+        }
     }
 
     fn read(published: &Published<&'static str>) -> &'static str {
-        let lent = published.lend(&TEST_RECENT);
+        let lent = published.lend::<Strs>();
         lent.get().copied().unwrap_or("none")
     }
 
