@@ -320,41 +320,44 @@ impl Deadline {
 
     /// Ready once the deadline passed; until then, the task is woken when
     /// it does.
+    #[inline]
     pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.grain.fired.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
         let id = WakerId::of(cx.waker());
         match self.slot {
-            Some((_, left)) if left == id => return Poll::Pending,
-            _ => {}
+            Some((_, left)) if left == id => Poll::Pending,
+            _ => self.wait(cx.waker(), id),
         }
-        let waker = cx.waker().clone();
-        {
-            let mut waiting = lock(&self.grain.waiting);
-            let waiting = &mut *waiting;
-            match self.slot {
-                // The grain fired and took the slots: the check below sees it.
-                Some((slot, _)) if slot >= waiting.wakers.len() => {}
-                Some((slot, _)) => waiting.wakers[slot] = Some(waker),
-                None => {
-                    let slot = match waiting.free.pop() {
-                        Some(slot) => {
-                            waiting.wakers[slot] = Some(waker);
-                            slot
-                        }
-                        None => {
-                            waiting.wakers.push(Some(waker));
-                            waiting.wakers.len() - 1
-                        }
-                    };
-                    self.slot = Some((slot, id));
+    }
+
+    /// Leaves `waker` in this handshake's slot (taking one on the first
+    /// wait).
+    fn wait(&mut self, waker: &Waker, id: WakerId) -> Poll<()> {
+        let waker = Some(waker.clone());
+        let mut waiting = lock(&self.grain.waiting);
+        let (slot, replaced) = match self.slot {
+            Some((slot, _)) => match waiting.wakers.get_mut(slot) {
+                Some(left) => (slot, std::mem::replace(left, waker)),
+                // The grain fired and took the slots: the check below sees
+                // it.
+                None => (slot, waker),
+            },
+            None => match waiting.free.pop() {
+                Some(slot) if slot < waiting.wakers.len() => {
+                    (slot, std::mem::replace(&mut waiting.wakers[slot], waker))
                 }
-            }
-        }
-        if let Some((_, left)) = &mut self.slot {
-            *left = id;
-        }
+                _ => {
+                    waiting.wakers.push(waker);
+                    (waiting.wakers.len() - 1, None)
+                }
+            },
+        };
+        drop(waiting);
+        // Dropped outside the lock: the task it wakes may go with it.
+        drop(replaced);
+        self.slot = Some((slot, id));
         // A fire between the first check and the registration took the
         // wakers before this one was in: look again.
         if self.grain.fired.load(Ordering::Acquire) {
@@ -386,10 +389,16 @@ impl Drop for Deadline {
             return;
         }
         let mut waiting = lock(&self.grain.waiting);
-        if let Some(waker) = waiting.wakers.get_mut(slot) {
-            *waker = None;
+        let left = match waiting.wakers.get_mut(slot) {
+            Some(left) => left.take(),
+            None => None,
+        };
+        if left.is_some() {
             waiting.free.push(slot);
         }
+        drop(waiting);
+        // Dropped outside the lock: the task it wakes may go with it.
+        drop(left);
     }
 }
 
@@ -554,6 +563,55 @@ mod tests {
                 "passed after {waited:?}, before its timeout"
             );
         }
+    }
+
+    /// A waker whose last clone, dropped, drops a deadline: a task that
+    /// goes with its waker drops the handshakes it held.
+    struct Holder {
+        _held: Deadline,
+    }
+
+    impl ArcWake for Holder {
+        fn wake_by_ref(_: &Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_waker_whose_drop_drops_a_deadline_of_the_same_grain_does_not_deadlock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let deadlines = Deadlines::new(Duration::from_secs(3600));
+            let noop = futures::task::noop_waker();
+            let mut noop_cx = Context::from_waker(&noop);
+            let held = |deadlines: &Deadlines| {
+                let noop = futures::task::noop_waker();
+                let mut held = deadlines.start().expect("a deadline");
+                assert!(held
+                    .poll_passed(&mut Context::from_waker(&noop))
+                    .is_pending());
+                futures::task::waker(Arc::new(Holder { _held: held }))
+            };
+            // Replaced in its slot by a later poll's waker.
+            let mut replaced = deadlines.start().expect("a deadline");
+            let waker = held(&deadlines);
+            assert!(replaced
+                .poll_passed(&mut Context::from_waker(&waker))
+                .is_pending());
+            drop(waker);
+            assert!(replaced.poll_passed(&mut noop_cx).is_pending());
+            // Released from its slot when its handshake goes.
+            let mut released = deadlines.start().expect("a deadline");
+            let waker = held(&deadlines);
+            assert!(released
+                .poll_passed(&mut Context::from_waker(&waker))
+                .is_pending());
+            drop(waker);
+            drop(released);
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "deadlocked: a waker was dropped under the grain's lock"
+        );
     }
 
     #[test]
