@@ -36,10 +36,12 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 ///
 /// Shaped like futures-rustls's `TlsAcceptor`: a cheap [`Clone`] handle whose
 /// [`accept`](ReloadingAcceptor::accept) wraps any
-/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each accept loads
-/// the current `Arc<ServerConfig>` once (an atomic load; no lock) and hands
-/// it to futures-rustls; a reload stores the new config the moment it is
-/// built, so the next accept gets it and open connections keep theirs.
+/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each accept reads
+/// the current `Arc<ServerConfig>` with one atomic load, no lock and no
+/// atomic write (each thread keeps its own copy until a reload replaces it)
+/// and hands it to futures-rustls; a reload stores the new config the
+/// moment it is built, so the next accept on every thread gets it and open
+/// connections keep theirs.
 ///
 /// Reloads come from the [`reloader`](ReloadingAcceptor::reloader), a future
 /// you spawn on any executor, or from

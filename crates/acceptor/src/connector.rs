@@ -41,11 +41,12 @@ use crate::{
 ///
 /// Shaped like futures-rustls's `TlsConnector`: a cheap [`Clone`] handle
 /// whose [`connect`](ReloadingConnector::connect) wraps any
-/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each connect loads
-/// the current `Arc<ClientConfig>` once (an atomic load; no lock); a
-/// reload stores the new config the moment it is built, so the next
-/// connection presents the new identity and checks against the new roots,
-/// while connections already open keep theirs.
+/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each connect reads
+/// the current `Arc<ClientConfig>` with one atomic load, no lock and no
+/// atomic write (each thread keeps its own copy until a reload replaces
+/// it); a reload stores the new config the moment it is built, so the next
+/// connection on every thread presents the new identity and checks against
+/// the new roots, while connections already open keep theirs.
 ///
 /// The same engine as [`ReloadingAcceptor`](crate::ReloadingAcceptor)'s
 /// drives it: the [`reloader`](ReloadingConnector::reloader) you spawn,

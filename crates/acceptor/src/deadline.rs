@@ -9,8 +9,8 @@
 //!
 //! ```text
 //!  Deadlines ── newest: ArcSwapOption<Grain> ──► Grain { open, fired, waiting, timeout, timer }
-//!                                                   ▲            ▲
-//!  Deadline (one per handshake) ── Arc<Grain> ──────┘            │ woken through a Weak
+//!  thread-local RECENT: (id, Arc<Grain>) ───────────▲  ▲         ▲
+//!  Deadline (one per handshake) ── Arc<Grain> ─────────┘         │ woken through a Weak
 //!                                                   async-io Timer (in the reactor)
 //! ```
 //!
