@@ -686,6 +686,7 @@ where
 {
     type Output = io::Result<TlsStream<IO>>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Handshake::Hello(hello) = &mut self.handshake {
             match hello.poll(cx) {
