@@ -120,9 +120,10 @@ impl<T> Published<T> {
     pub(crate) fn lend<L: Local<Value = T>>(&self) -> Lent<L> {
         let generation = self.generation.load(Ordering::Acquire);
         let slot = self.slot();
-        let copy = L::with(|copies| {
+        let id = self.id;
+        let copy = L::with(move |copies| {
             let copy = &copies.0[slot];
-            if copy.id.get() == self.id && copy.generation.get() == generation {
+            if copy.id.get() == id && copy.generation.get() == generation {
                 copy.value.take()
             } else {
                 None
@@ -189,7 +190,7 @@ impl<L: Local> Drop for Lent<L> {
         // A slot retagged meanwhile (by a read on this thread while this
         // one was lent) keeps its own; what does not go back is dropped
         // outside the table.
-        let left = L::with(|copies| {
+        let left = L::with(move |copies| {
             let copy = &copies.0[slot_of(id)];
             if copy.id.get() == id && copy.generation.get() == generation {
                 copy.value.replace(value)
