@@ -63,9 +63,9 @@
 //!
 //! **The hot path takes no lock.** It reads `served`, an `ArcSwap` with a
 //! generation count, once per use: it borrows the thread's own copy while
-//! nothing was published since, else loads the `ArcSwap` ([`published`]). A good build is stored there by the request
-//! that built it, under the state lock so that stores happen in landing
-//! order. There is no pending slot between the two: an `ArcSwap` store is
+//! nothing was published since, else loads the `ArcSwap` ([`published`]).
+//! A good build is stored there by the request that built it, under the
+//! state lock so that stores happen in landing order. There is no pending slot between the two: an `ArcSwap` store is
 //! already atomic between accepts (an accept loads once, so a handshake
 //! never sees half of a reload), no accept waits for a build, and an idle
 //! server reports an applied reload at once. A slot would only defer the
