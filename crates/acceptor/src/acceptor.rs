@@ -18,7 +18,7 @@ use tls_reload_detect::{Detector, Strategy};
 use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
 use crate::named::{NamedStart, PairSources};
-use crate::server::{RecentServing, ServerKind, Shared};
+use crate::server::{ServerKind, Shared};
 use crate::source::DetectorSource;
 use crate::start;
 use crate::{Events, ExpiryWindow, Incoming, PairFiles, ReloadError, SniResolver, Status};
@@ -36,12 +36,10 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 ///
 /// Shaped like futures-rustls's `TlsAcceptor`: a cheap [`Clone`] handle whose
 /// [`accept`](ReloadingAcceptor::accept) wraps any
-/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each accept reads
-/// the current `Arc<ServerConfig>` with one atomic load, no lock and no
-/// atomic write (each thread keeps its own copy until a reload replaces it)
-/// and hands it to futures-rustls; a reload stores the new config the
-/// moment it is built, so the next accept on every thread gets it and open
-/// connections keep theirs.
+/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each accept loads
+/// the current `Arc<ServerConfig>` once (an atomic load; no lock) and hands
+/// it to futures-rustls; a reload stores the new config the moment it is
+/// built, so the next accept gets it and open connections keep theirs.
 ///
 /// Reloads come from the [`reloader`](ReloadingAcceptor::reloader), a future
 /// you spawn on any executor, or from
@@ -98,20 +96,9 @@ impl ReloadingAcceptor {
         if let Some(table) = self.shared.refuses_unknown_names() {
             return self.hello(io, table, timeout);
         }
-        let lent = self.shared.engine.lend::<RecentServing>();
-        match lent.get() {
-            Some(serving) => Accept {
-                timeout,
-                handshake: Handshake::Direct(start::accept(&serving.acceptor, io)),
-            },
-            // Never: the value is there until `lent` is dropped.
-            None => Accept {
-                timeout,
-                handshake: Handshake::Direct(start::accept(
-                    &self.shared.engine.serving().acceptor,
-                    io,
-                )),
-            },
+        Accept {
+            timeout,
+            handshake: Handshake::Direct(start::accept(&self.shared.engine.serving().acceptor, io)),
         }
     }
 

@@ -21,9 +21,7 @@ use tls_reload_detect::{Detector, Strategy};
 use crate::acceptor::{default_options, default_settings, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::deadline::{timed_out, Deadline, Deadlines};
 use crate::engine::reloader::{self, Lifeline, Options};
-use crate::engine::{
-    self, Driven, Engine, Happening, Kind, Local, Recent, Reconfigure, Start, Subscribers,
-};
+use crate::engine::{self, Driven, Engine, Happening, Kind, Reconfigure, Start, Subscribers};
 use crate::source::DetectorSource;
 use crate::start;
 use crate::{
@@ -41,12 +39,11 @@ use crate::{
 ///
 /// Shaped like futures-rustls's `TlsConnector`: a cheap [`Clone`] handle
 /// whose [`connect`](ReloadingConnector::connect) wraps any
-/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each connect reads
-/// the current `Arc<ClientConfig>` with one atomic load, no lock and no
-/// atomic write (each thread keeps its own copy until a reload replaces
-/// it); a reload stores the new config the moment it is built, so the next
-/// connection on every thread presents the new identity and checks against
-/// the new roots, while connections already open keep theirs.
+/// `futures::io::AsyncRead + AsyncWrite + Unpin` stream. Each connect loads
+/// the current `Arc<ClientConfig>` once (an atomic load; no lock); a
+/// reload stores the new config the moment it is built, so the next
+/// connection presents the new identity and checks against the new roots,
+/// while connections already open keep theirs.
 ///
 /// The same engine as [`ReloadingAcceptor`](crate::ReloadingAcceptor)'s
 /// drives it: the [`reloader`](ReloadingConnector::reloader) you spawn,
@@ -107,17 +104,9 @@ impl ReloadingConnector {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let timeout = self.shared.deadlines.as_ref().and_then(Deadlines::start);
-        let lent = self.shared.engine.lend::<RecentConnecting>();
-        match lent.get() {
-            Some(serving) => Connect {
-                timeout,
-                handshake: start::connect(&serving.connector, server_name, io),
-            },
-            // Never: the value is there until `lent` is dropped.
-            None => Connect {
-                timeout,
-                handshake: start::connect(&self.shared.engine.serving().connector, server_name, io),
-            },
+        Connect {
+            timeout,
+            handshake: start::connect(&self.shared.engine.serving().connector, server_name, io),
         }
     }
 
@@ -413,23 +402,6 @@ pub(crate) struct ClientKind;
 pub(crate) struct Connecting {
     config: Arc<ClientConfig>,
     connector: futures_rustls::TlsConnector,
-}
-
-thread_local! {
-    /// This thread's copies of what connectors serve ([`Engine::lend`]).
-    static RECENT: Recent<Connecting> = const { Recent::new() };
-}
-
-/// Names [`RECENT`].
-struct RecentConnecting;
-
-impl Local for RecentConnecting {
-    type Value = Connecting;
-
-    #[inline]
-    fn with<R>(f: impl FnOnce(&Recent<Connecting>) -> R) -> Option<R> {
-        RECENT.try_with(f).ok()
-    }
 }
 
 impl Kind for ClientKind {

@@ -9,23 +9,17 @@
 //!
 //! ```text
 //!  Deadlines ── newest: ArcSwapOption<Grain> ──► Grain { open, fired, waiting, timeout, timer }
-//!  thread-local RECENT: (id, Arc<Grain>) ───────────▲  ▲         ▲
-//!  Deadline (one per handshake) ── Arc<Grain> ─────────┘         │ woken through a Weak
+//!                                                   ▲            ▲
+//!  Deadline (one per handshake) ── Arc<Grain> ──────┘            │ woken through a Weak
 //!                                                   async-io Timer (in the reactor)
 //! ```
 //!
 //! - A grain is **open** from when an accept makes it until its first timer
-//!   closes it, a grain later. Each thread keeps the grain it last joined
-//!   (per `Deadlines`, in a small thread-local table), so starting a
-//!   deadline is a look in that table, an atomic load of the grain's `open`
-//!   flag and an `Arc` clone: no clock read, no lock, no allocation, no
-//!   shared write but the reference count. Once that grain closed, the
-//!   thread takes the newest one from `Deadlines`, and an accept that finds
-//!   none open makes one (the only clock read); two that do so at once may
-//!   each make one, and the last one stored is shared from then on. A
-//!   thread's table holds at most a grain per slot; a closed grain has no
-//!   waker left in it once it fired, and goes when the slot is reused or
-//!   the thread ends.
+//!   closes it, a grain later. Starting a deadline is an atomic load of the
+//!   newest grain and of its `open` flag, and an `Arc` clone: no clock read,
+//!   no lock, no allocation. An accept that finds no open grain makes one
+//!   (the only clock read); two that do so at once may each make one, and
+//!   the last one stored is shared from then on.
 //! - When the closing timer fires, the grain clears `open` (a sequentially
 //!   consistent swap: no accept can join after it), reads the clock, and
 //!   registers its second timer a timeout after that moment. Every
@@ -41,9 +35,8 @@
 //!   left (its pointers, not a clone) so later polls compare without
 //!   locking, and gives the slot back when dropped.
 
-use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -55,9 +48,6 @@ use futures::FutureExt;
 
 #[derive(Debug)]
 pub(crate) struct Deadlines {
-    /// Tells this one's grains from other `Deadlines`' in a thread's table
-    /// of recent grains.
-    id: u64,
     timeout: Duration,
     /// How long a grain stays open (at least a millisecond).
     grain: Duration,
@@ -67,9 +57,7 @@ pub(crate) struct Deadlines {
 
 impl Deadlines {
     pub(crate) fn new(timeout: Duration) -> Self {
-        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
-            id: IDS.fetch_add(1, Ordering::Relaxed),
             timeout,
             grain: (timeout / 32).clamp(Duration::from_millis(1), Duration::from_millis(250)),
             newest: ArcSwapOption::empty(),
@@ -81,85 +69,24 @@ impl Deadlines {
     /// that is too far to represent.
     #[inline]
     pub(crate) fn start(&self) -> Option<Deadline> {
-        let joined = RECENT.try_with(|recent| {
-            let recent = recent.try_borrow().ok()?;
-            match &recent[self.slot()] {
-                Some((id, grain)) if *id == self.id && grain.open.load(Ordering::Acquire) => {
-                    Some(Deadline::new(grain.clone()))
-                }
-                _ => None,
+        if let Some(newest) = &*self.newest.load() {
+            if newest.open.load(Ordering::Acquire) {
+                return Some(Deadline::new(newest.clone()));
             }
-        });
-        match joined {
-            Ok(Some(deadline)) => Some(deadline),
-            _ => self.start_in_newest(),
         }
-    }
-
-    /// This thread's recent grain closed (or there is none): the newest
-    /// grain if it is open, else a new one; kept as this thread's recent.
-    #[cold]
-    fn start_in_newest(&self) -> Option<Deadline> {
-        let grain = match &*self.newest.load() {
-            Some(newest) if newest.open.load(Ordering::Acquire) => newest.clone(),
-            _ => self.open_grain()?,
-        };
-        let kept = RECENT.try_with(|recent| {
-            recent
-                .try_borrow_mut()
-                .ok()
-                .and_then(|mut recent| recent[self.slot()].replace((self.id, grain.clone())))
-        });
-        // The grain replaced is dropped outside the borrow.
-        drop(kept);
-        Some(Deadline::new(grain))
-    }
-
-    /// Where this one's grain goes in a thread's table.
-    fn slot(&self) -> usize {
-        // Direct-mapped: the first few `Deadlines` of a process (say an
-        // acceptor and a connector) never evict each other.
-        (self.id % RECENT_SLOTS as u64) as usize
+        self.open_grain()
     }
 
     /// Opens a grain, once per grain.
     #[cold]
-    fn open_grain(&self) -> Option<Arc<Grain>> {
+    fn open_grain(&self) -> Option<Deadline> {
         let now = Instant::now();
         // The deadline must be representable from the grain's end.
         now.checked_add(self.grain)?.checked_add(self.timeout)?;
         let grain = Grain::open(now + self.grain, self.timeout);
         self.newest.store(Some(grain.clone()));
-        Some(grain)
+        Some(Deadline::new(grain))
     }
-}
-
-impl Drop for Deadlines {
-    /// Lets go of this thread's recent grain (other threads let go of
-    /// theirs when they reuse the slot or end).
-    fn drop(&mut self) {
-        let recent = RECENT.try_with(|recent| {
-            let mut recent = recent.try_borrow_mut().ok()?;
-            match &recent[self.slot()] {
-                Some((id, _)) if *id == self.id => recent[self.slot()].take(),
-                _ => None,
-            }
-        });
-        // Dropped outside the borrow.
-        drop(recent);
-    }
-}
-
-/// How many `Deadlines` a thread keeps a recent grain for.
-const RECENT_SLOTS: usize = 4;
-
-/// A thread's recent grain per `Deadlines` (by id), direct-mapped.
-type RecentGrains = [Option<(u64, Arc<Grain>)>; RECENT_SLOTS];
-
-thread_local! {
-    /// The grain each `Deadlines` (by id) started a deadline in last on
-    /// this thread.
-    static RECENT: RefCell<RecentGrains> = const { RefCell::new([const { None }; RECENT_SLOTS]) };
 }
 
 /// The handshakes that started while it was open, and the timers that close
@@ -486,27 +413,6 @@ mod tests {
 
     #[test]
     fn a_dropped_handshake_gives_its_slot_back_and_a_grain_nobody_holds_goes() {
-        // In a thread of its own, whose table of recent grains is gone once
-        // it ends.
-        let weak = std::thread::spawn(slot_reuse_then_drop)
-            .join()
-            .expect("the test thread");
-        assert!(
-            weak.upgrade().is_none(),
-            "no cycle through the timer's waker, nothing left in a table"
-        );
-    }
-
-    #[test]
-    fn dropping_deadlines_lets_go_of_this_threads_recent_grain() {
-        let deadlines = Deadlines::new(Duration::from_secs(3600));
-        let deadline = deadlines.start().expect("a deadline");
-        let weak = Arc::downgrade(&deadline.grain);
-        drop((deadline, deadlines));
-        assert!(weak.upgrade().is_none());
-    }
-
-    fn slot_reuse_then_drop() -> Weak<Grain> {
         let deadlines = Deadlines::new(Duration::from_secs(3600));
         let noop = futures::task::noop_waker();
         let mut cx = Context::from_waker(&noop);
@@ -523,7 +429,12 @@ mod tests {
         }
         let grain = deadlines.newest.load_full().expect("a grain");
         assert_eq!(lock(&grain.waiting).wakers.len(), 1, "the slot was reused");
-        Arc::downgrade(&grain)
+        let weak = Arc::downgrade(&grain);
+        drop((grain, deadlines));
+        assert!(
+            weak.upgrade().is_none(),
+            "no cycle through the timer's waker"
+        );
     }
 
     #[test]

@@ -61,11 +61,10 @@
 //! re-armed after every check). Events only wake a check; the fingerprint
 //! decides.
 //!
-//! **The hot path takes no lock.** It reads `served`, an `ArcSwap` with a
-//! generation count, once per use: it borrows the thread's own copy while
-//! nothing was published since, else loads the `ArcSwap` ([`published`]).
-//! A good build is stored there by the request that built it, under the
-//! state lock so that stores happen in landing order. There is no pending slot between the two: an `ArcSwap` store is
+//! **The hot path takes no lock.** It loads `served`, an [`ArcSwap`], once
+//! per use ([`Engine::load`]). A good build is stored there by the request
+//! that built it, under the state lock so that stores happen in landing
+//! order. There is no pending slot between the two: an `ArcSwap` store is
 //! already atomic between accepts (an accept loads once, so a handshake
 //! never sees half of a reload), no accept waits for a build, and an idle
 //! server reports an applied reload at once. A slot would only defer the
@@ -77,19 +76,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tls_reload_build::{BuildError, LeafInfo};
 use tls_reload_detect::{Detection, Fingerprint, Watcher};
 
 mod kind;
-pub(crate) mod published;
 pub(crate) mod reloader;
 mod request;
 
 pub(crate) use kind::{Happening, Kind};
-use published::Published;
-pub(crate) use published::{Lent, Local, Recent};
 pub(crate) use reloader::Driven;
 use request::Order;
 
@@ -138,7 +135,7 @@ pub(crate) struct Engine<K: Kind> {
     kind: K,
     /// What the hot path uses: loaded once per use, the only thing it
     /// touches.
-    served: Published<K::Served>,
+    served: ArcSwap<K::Served>,
     state: Mutex<State<K>>,
     subscribers: Arc<Subscribers<K::Event>>,
     settings: Settings,
@@ -241,7 +238,7 @@ impl<K: Kind> Engine<K> {
             None => tracing::info!("tls config loaded"),
         }
         Self {
-            served: Published::new(start.kind.served(&built)),
+            served: ArcSwap::new(start.kind.served(&built)),
             state: Mutex::new(State {
                 materials: start.materials,
                 template: start.template,
@@ -272,13 +269,6 @@ impl<K: Kind> Engine<K> {
     /// guard, but the old value lives until the guard goes).
     pub(crate) fn serving(&self) -> arc_swap::Guard<Arc<K::Served>> {
         self.served.load()
-    }
-
-    /// What the hot path uses now, lent from this thread's copy of it
-    /// while that is current ([`published`]): no atomic write at all.
-    #[inline]
-    pub(crate) fn lend<L: Local<Value = K::Served>>(&self) -> Lent<L> {
-        self.served.lend()
     }
 
     /// Where this engine's events go.

@@ -15,7 +15,7 @@ use tls_reload_build::{BuildError, Built, LeafInfo, Materials, Resumption, Templ
 
 use crate::deadline::Deadlines;
 use crate::engine::reloader::{Lifeline, Options};
-use crate::engine::{Driven, Engine, Happening, Kind, Local, Recent, Start};
+use crate::engine::{Driven, Engine, Happening, Kind, Start};
 use crate::named::{Named, NamedStart};
 use crate::{CertKind, ReloadEvent, SniResolver, Status};
 
@@ -117,24 +117,6 @@ impl Kind for ServerKind {
 pub(crate) struct Serving {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) acceptor: futures_rustls::TlsAcceptor,
-}
-
-thread_local! {
-    /// This thread's copies of what acceptors serve
-    /// ([`Engine::lend`](crate::engine::Engine::lend)).
-    static RECENT: Recent<Serving> = const { Recent::new() };
-}
-
-/// Names [`RECENT`].
-pub(crate) struct RecentServing;
-
-impl Local for RecentServing {
-    type Value = Serving;
-
-    #[inline]
-    fn with<R>(f: impl FnOnce(&Recent<Serving>) -> R) -> Option<R> {
-        RECENT.try_with(f).ok()
-    }
 }
 
 impl Serving {
