@@ -20,7 +20,6 @@ use crate::engine::{self, reloader, Reconfigure, Start, Subscribers};
 use crate::named::{NamedStart, PairSources};
 use crate::server::{ServerKind, Shared};
 use crate::source::DetectorSource;
-use crate::start;
 use crate::{Events, ExpiryWindow, Incoming, PairFiles, ReloadError, SniResolver, Status};
 
 /// How often the reloader checks the files unless told otherwise.
@@ -88,6 +87,15 @@ impl ReloadingAcceptor {
     /// The handshake fails with [`io::ErrorKind::TimedOut`] after the
     /// [handshake timeout](Builder::handshake_timeout), and with
     /// [`io::ErrorKind::InvalidData`] on a TLS error.
+    ///
+    /// Until the client's first bytes come, the handshake holds the stream,
+    /// the config and its deadline, and nothing of rustls: the connection
+    /// state (some kilobytes and a dozen allocations) is made when there is
+    /// something to give it. A connection that never speaks, such as a TCP
+    /// health check, costs no allocation (with the default handshake
+    /// timeout, none beyond a shared timer's every few hundred
+    /// milliseconds). From its first bytes on, the handshake is
+    /// futures-rustls's, with its errors and alerts.
     pub fn accept<IO>(&self, io: IO) -> Accept<IO>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -98,7 +106,10 @@ impl ReloadingAcceptor {
         }
         Accept {
             timeout,
-            handshake: Handshake::Direct(start::accept(&self.shared.engine.serving().acceptor, io)),
+            handshake: Handshake::Waiting(Waiting {
+                io: Some(io),
+                acceptor: self.shared.engine.serving().acceptor.clone(),
+            }),
         }
     }
 
@@ -521,7 +532,10 @@ pub struct Accept<IO> {
 // an allocation, to spare the rare one a few bytes.
 #[allow(clippy::large_enum_variant)]
 enum Handshake<IO> {
-    /// The usual path: futures-rustls from the first byte.
+    /// The usual path, until the client's first bytes come: no rustls
+    /// state yet.
+    Waiting(Waiting<IO>),
+    /// The usual path, once the client has spoken: futures-rustls.
     Direct(futures_rustls::Accept<IO>),
     /// Named pairs and no default pair: the ClientHello is read first, so
     /// that a name no pair serves is refused with `unrecognized_name`
@@ -540,6 +554,102 @@ struct Hello<IO> {
     table: Arc<SniResolver>,
     /// An alert being written (bytes, how many written), then the error.
     alert: Option<(Vec<u8>, usize, io::Error)>,
+}
+
+/// A handshake whose client has not spoken yet.
+///
+/// rustls's connection (about 1.2 kB, its buffers, the 4 KiB read buffer it
+/// zeroes: a dozen allocations) is made when the first bytes come, not at
+/// the accept: a connection that never speaks (a TCP health check, a port
+/// scan, a client that stalls before its ClientHello) costs the stream, the
+/// config's `Arc` and the deadline, and nothing of rustls. The first bytes
+/// are read into a buffer on the stack and handed to the connection.
+struct Waiting<IO> {
+    /// Taken when the client's first bytes come.
+    io: Option<IO>,
+    /// The config at the accept.
+    acceptor: futures_rustls::TlsAcceptor,
+}
+
+/// What the first read asks for. A ClientHello fits, post-quantum key
+/// shares included (1.2 to 2 kB from today's browsers and TLS libraries);
+/// the rest of a larger one takes one more read than futures-rustls, which
+/// reads 4 KiB. The buffer is zeroed on every poll that waits: at 4 KiB,
+/// glibc zeroes it with `rep stosb`, as fast here (`benches/accept`) but
+/// counted by callgrind as 4,096 instructions, 2 KiB takes about 120.
+const FIRST_READ: usize = 2048;
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
+    /// From `Waiting` to `Direct` once the client's first bytes came
+    /// (ready at once for any other state); errors as futures-rustls gives
+    /// them.
+    #[inline(never)]
+    fn poll_first_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Handshake::Waiting(waiting) = self else {
+            return Poll::Ready(Ok(()));
+        };
+        let Some(io) = waiting.io.as_mut() else {
+            return Poll::Ready(Err(io::Error::other("polled after the handshake started")));
+        };
+        let mut first = [0u8; FIRST_READ];
+        let n = match Pin::new(io).poll_read(cx, &mut first) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tls handshake eof",
+                )));
+            }
+            Poll::Ready(Ok(n)) => n.min(FIRST_READ),
+            // What futures-rustls takes for a pending read.
+            Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                return Poll::Pending
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let Some(io) = waiting.io.take() else {
+            return Poll::Ready(Err(io::Error::other("no stream")));
+        };
+        // Handed to the new connection as if rustls had read them.
+        let mut failed = None;
+        let accept = waiting.acceptor.accept_with(io, |connection| {
+            let mut rest = &first[..n];
+            while !rest.is_empty() {
+                match connection.read_tls(&mut rest) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
+                        return;
+                    }
+                }
+            }
+            if !rest.is_empty() {
+                // rustls takes a whole read into a new connection; never
+                // lose bytes if it did not.
+                failed = Some(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the first bytes did not fit the connection's buffer",
+                ));
+                return;
+            }
+            if let Err(error) = connection.process_new_packets() {
+                failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
+            }
+        });
+        *self = Handshake::Direct(accept);
+        match failed {
+            None => Poll::Ready(Ok(())),
+            Some(error) => {
+                // As futures-rustls does on a TLS error: one last try to
+                // send the alert rustls queued, without waiting on it.
+                if let Handshake::Direct(accept) = self {
+                    let _ = Pin::new(accept).poll(cx);
+                }
+                Poll::Ready(Err(error))
+            }
+        }
+    }
 }
 
 /// A fatal `unrecognized_name` alert record (RFC 6066, 3), in plaintext as
@@ -675,12 +785,18 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Handshake::Hello(hello) = &mut self.handshake {
-            match hello.poll(cx) {
+        match &mut self.handshake {
+            Handshake::Waiting(_) => {
+                if let Poll::Ready(Err(error)) = self.handshake.poll_first_bytes(cx) {
+                    return Poll::Ready(Err(error));
+                }
+            }
+            Handshake::Hello(hello) => match hello.poll(cx) {
                 HelloStep::Pending => {}
                 HelloStep::Failed(error) => return Poll::Ready(Err(error)),
                 HelloStep::Start(accept) => self.handshake = Handshake::Direct(accept),
-            }
+            },
+            Handshake::Direct(_) => {}
         }
         if let Handshake::Direct(handshake) = &mut self.handshake {
             if let Poll::Ready(result) = Pin::new(handshake).poll(cx) {

@@ -3,6 +3,9 @@
 //! the server side of full TLS 1.3 handshakes is polled, over an in-memory
 //! pipe so that nothing else runs on the thread.
 //!
+//! A client that never speaks costs no allocation at all: rustls's
+//! connection is made when the first bytes come.
+//!
 //! A handshake deadline allocates nothing per accept: only a new grain (a
 //! shared timer, at most one per 250 ms) makes a few allocations, which the
 //! test bounds by the number of grains the run spans.
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tls_reload_acceptor::{ReloadingAcceptor, Template};
-use tls_reload_testkit::{client_config, provider, write_pair, Ca, Pipe};
+use tls_reload_testkit::{client_config, poll_once, provider, write_pair, Ca, Pipe, Silent};
 
 /// Allocations a new grain may make (the grain, its timer's waker, its
 /// slots and free list).
@@ -83,6 +86,46 @@ fn the_accept_path_allocates_what_plain_futures_rustls_allocates() {
         above <= grains && extra <= PER_GRAIN * grains,
         "beyond plain's {floor} per handshake, {above} handshakes allocated {extra} more \
          over {grains} grain(s): {ours_counts:?}"
+    );
+}
+
+#[test]
+fn a_client_that_never_speaks_costs_no_allocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let materials = write_pair(dir.path(), &Ca::new("allocations CA").leaf(0x1001));
+    let template = Template::new(provider());
+    let ours = ReloadingAcceptor::builder(materials.clone())
+        .template(template.clone())
+        .build_blocking()
+        .expect("acceptor");
+    let untimed = ReloadingAcceptor::builder(materials)
+        .template(template)
+        .handshake_timeout(None)
+        .build_blocking()
+        .expect("acceptor");
+    let plain = futures_rustls::TlsAcceptor::from(ours.config());
+    // Accept, poll once (the client has not spoken), drop.
+    let silent = |accept: &dyn Fn() -> u64| {
+        accept(); // warm up: the first grain
+        (0..ROUNDS).map(|_| accept()).collect::<Vec<_>>()
+    };
+    let plain_counts =
+        silent(&|| allocation_counter::measure(|| poll_once(plain.accept(Silent))).count_total);
+    let untimed_counts =
+        silent(&|| allocation_counter::measure(|| poll_once(untimed.accept(Silent))).count_total);
+    let started = Instant::now();
+    let ours_counts =
+        silent(&|| allocation_counter::measure(|| poll_once(ours.accept(Silent))).count_total);
+    let grains = (started.elapsed().as_nanos() / GRAIN.as_nanos()) as u64 + 1;
+    assert!(
+        plain_counts.iter().all(|&n| n > 0),
+        "plain futures-rustls allocates its connection: {plain_counts:?}"
+    );
+    assert_eq!(untimed_counts, vec![0; ROUNDS], "without a timeout");
+    let extra: u64 = ours_counts.iter().sum();
+    assert!(
+        extra <= PER_GRAIN * grains,
+        "{extra} allocations over {grains} grain(s): {ours_counts:?}"
     );
 }
 
