@@ -108,7 +108,7 @@ impl ReloadingAcceptor {
             timeout,
             handshake: Handshake::Waiting(Waiting {
                 io: Some(io),
-                acceptor: self.shared.engine.serving().acceptor.clone(),
+                then: Then::Direct(self.shared.engine.serving().acceptor.clone()),
             }),
         }
     }
@@ -121,14 +121,10 @@ impl ReloadingAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         Accept {
-            handshake: Handshake::Hello(Box::new(Hello {
+            handshake: Handshake::Waiting(Waiting {
                 io: Some(io),
-                acceptor: rustls::server::Acceptor::default(),
-                seen: Vec::new(),
-                config: self.shared.engine.serving().config.clone(),
-                table: table.clone(),
-                alert: None,
-            })),
+                then: Then::Hello(self.shared.engine.serving().config.clone(), table.clone()),
+            }),
             timeout,
         }
     }
@@ -567,8 +563,16 @@ struct Hello<IO> {
 struct Waiting<IO> {
     /// Taken when the client's first bytes come.
     io: Option<IO>,
-    /// The config at the accept.
-    acceptor: futures_rustls::TlsAcceptor,
+    /// What the first bytes go to, with the config at the accept.
+    then: Then,
+}
+
+/// Where a waiting handshake goes once its client has spoken.
+enum Then {
+    /// futures-rustls.
+    Direct(futures_rustls::TlsAcceptor),
+    /// The ClientHello read first (named pairs, no default pair).
+    Hello(Arc<ServerConfig>, Arc<SniResolver>),
 }
 
 /// What the first read asks for. A ClientHello fits, post-quantum key
@@ -580,9 +584,9 @@ struct Waiting<IO> {
 const FIRST_READ: usize = 2048;
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
-    /// From `Waiting` to `Direct` once the client's first bytes came
-    /// (ready at once for any other state); errors as futures-rustls gives
-    /// them.
+    /// From `Waiting` to `Direct` (or `Hello`, which reads the rest of the
+    /// ClientHello) once the client's first bytes came; ready at once for
+    /// any other state. Errors as futures-rustls gives them.
     #[inline(never)]
     fn poll_first_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Handshake::Waiting(waiting) = self else {
@@ -610,33 +614,33 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
         let Some(io) = waiting.io.take() else {
             return Poll::Ready(Err(io::Error::other("no stream")));
         };
-        // Handed to the new connection as if rustls had read them.
-        let mut failed = None;
-        let mut accept = waiting.acceptor.accept_with(io, |connection| {
-            let mut rest = &first[..n];
-            while !rest.is_empty() {
-                match connection.read_tls(&mut rest) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(error) => {
-                        failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
-                        return;
+        let first = &first[..n];
+        let acceptor = match &waiting.then {
+            Then::Direct(acceptor) => acceptor,
+            Then::Hello(config, table) => {
+                let mut hello = Box::new(Hello {
+                    io: Some(io),
+                    acceptor: rustls::server::Acceptor::default(),
+                    seen: Vec::new(),
+                    config: config.clone(),
+                    table: table.clone(),
+                    alert: None,
+                });
+                return match hello.took(first, cx) {
+                    Some(HelloStep::Failed(error)) => Poll::Ready(Err(error)),
+                    Some(HelloStep::Start(accept)) => {
+                        *self = Handshake::Direct(accept);
+                        Poll::Ready(Ok(()))
                     }
-                }
+                    Some(HelloStep::Pending) | None => {
+                        *self = Handshake::Hello(hello);
+                        Poll::Ready(Ok(()))
+                    }
+                };
             }
-            if !rest.is_empty() {
-                // rustls takes a whole read into a new connection; never
-                // lose bytes if it did not.
-                failed = Some(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the first bytes did not fit the connection's buffer",
-                ));
-                return;
-            }
-            if let Err(error) = connection.process_new_packets() {
-                failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
-            }
-        });
+        };
+        let mut failed = None;
+        let mut accept = start_with(acceptor, io, first, &mut failed);
         let Some(error) = failed else {
             *self = Handshake::Direct(accept);
             return Poll::Ready(Ok(()));
@@ -646,6 +650,42 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
         let _ = Pin::new(&mut accept).poll(cx);
         Poll::Ready(Err(error))
     }
+}
+
+/// A handshake of `acceptor`'s config on `io` whose first bytes, `first`,
+/// came already: handed to the new connection as if rustls had read them.
+/// A TLS error in them leaves its alert queued and is put in `failed`.
+fn start_with<IO: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: &futures_rustls::TlsAcceptor,
+    io: IO,
+    first: &[u8],
+    failed: &mut Option<io::Error>,
+) -> futures_rustls::Accept<IO> {
+    acceptor.accept_with(io, |connection| {
+        let mut rest = first;
+        while !rest.is_empty() {
+            match connection.read_tls(&mut rest) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => {
+                    *failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
+                    return;
+                }
+            }
+        }
+        if !rest.is_empty() {
+            // rustls takes a whole read into a new connection (at most 16
+            // kB of a handshake message); never lose bytes if it did not.
+            *failed = Some(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the first bytes did not fit the connection's buffer",
+            ));
+            return;
+        }
+        if let Err(error) = connection.process_new_packets() {
+            *failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
+        }
+    })
 }
 
 /// A fatal `unrecognized_name` alert record (RFC 6066, 3), in plaintext as
@@ -665,10 +705,10 @@ enum HelloStep<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Hello<IO> {
     fn poll(&mut self, cx: &mut Context<'_>) -> HelloStep<IO> {
-        let Some(io) = self.io.as_mut() else {
-            return HelloStep::Failed(io::Error::other("polled after the handshake started"));
-        };
         loop {
+            let Some(io) = self.io.as_mut() else {
+                return HelloStep::Failed(io::Error::other("polled after the handshake started"));
+            };
             if let Some((bytes, written, _)) = &mut self.alert {
                 while *written < bytes.len() {
                     match Pin::new(&mut *io).poll_write(cx, &bytes[*written..]) {
@@ -693,83 +733,87 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Hello<IO> {
                 Poll::Ready(Ok(0)) => {
                     return HelloStep::Failed(io::ErrorKind::UnexpectedEof.into());
                 }
-                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Ok(n)) => n.min(buf.len()),
             };
-            if self.seen.len() + n > MAX_HELLO {
-                return HelloStep::Failed(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "ClientHello too large",
-                ));
+            if let Some(step) = self.took(&buf[..n], cx) {
+                return step;
             }
-            self.seen.extend_from_slice(&buf[..n]);
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                match self.acceptor.read_tls(&mut rest) {
-                    Ok(0) => {
-                        // rustls took nothing: never spin on it.
-                        return HelloStep::Failed(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "ClientHello not taken",
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        return HelloStep::Failed(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            error,
-                        ));
-                    }
-                }
-            }
-            let accepted = match self.acceptor.accept() {
-                Ok(None) => continue,
-                Ok(Some(accepted)) => accepted,
-                Err((error, alert)) => {
-                    let mut bytes = Vec::new();
-                    let mut alert = alert;
-                    let _ = alert.write_all(&mut bytes);
-                    let error = io::Error::new(io::ErrorKind::InvalidData, error);
-                    self.alert = Some((bytes, 0, error));
-                    continue;
-                }
-            };
-            let hello = accepted.client_hello();
-            let name = hello.server_name();
-            if !self.table.serves(name) {
-                self.table.count_refusal();
-                tracing::debug!(
-                    server_name = name.unwrap_or("(none)"),
-                    "no pair serves the server name and there is no default pair: \
-                     refused with unrecognized_name"
-                );
-                let error = io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "no certificate for the server name asked for (unrecognized_name)",
-                );
-                self.alert = Some((UNRECOGNIZED_NAME.to_vec(), 0, error));
-                continue;
-            }
-            let Some(io) = self.io.take() else {
-                return HelloStep::Failed(io::Error::other("no stream"));
-            };
-            let seen = std::mem::take(&mut self.seen);
-            let accept = futures_rustls::TlsAcceptor::from(self.config.clone()).accept_with(
-                io,
-                move |connection| {
-                    let mut rest = &seen[..];
-                    while !rest.is_empty() {
-                        match connection.read_tls(&mut rest) {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    // An error leaves its alert queued: the handshake
-                    // sends it and fails.
-                    let _ = connection.process_new_packets();
-                },
-            );
-            return HelloStep::Start(accept);
         }
+    }
+
+    /// Takes `bytes` the client sent: the handshake once the ClientHello is
+    /// whole and a pair serves its name, a failure, or `None` to go on
+    /// (to read more, or to send the alert set).
+    fn took(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> Option<HelloStep<IO>> {
+        if self.seen.len() + bytes.len() > MAX_HELLO {
+            return Some(HelloStep::Failed(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ClientHello too large",
+            )));
+        }
+        self.seen.extend_from_slice(bytes);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match self.acceptor.read_tls(&mut rest) {
+                Ok(0) => {
+                    // rustls took nothing: never spin on it.
+                    return Some(HelloStep::Failed(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "ClientHello not taken",
+                    )));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    return Some(HelloStep::Failed(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        error,
+                    )));
+                }
+            }
+        }
+        let accepted = match self.acceptor.accept() {
+            Ok(None) => return None,
+            Ok(Some(accepted)) => accepted,
+            Err((error, alert)) => {
+                let mut bytes = Vec::new();
+                let mut alert = alert;
+                let _ = alert.write_all(&mut bytes);
+                let error = io::Error::new(io::ErrorKind::InvalidData, error);
+                self.alert = Some((bytes, 0, error));
+                return None;
+            }
+        };
+        let hello = accepted.client_hello();
+        let name = hello.server_name();
+        if !self.table.serves(name) {
+            self.table.count_refusal();
+            tracing::debug!(
+                server_name = name.unwrap_or("(none)"),
+                "no pair serves the server name and there is no default pair: \
+                 refused with unrecognized_name"
+            );
+            let error = io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no certificate for the server name asked for (unrecognized_name)",
+            );
+            self.alert = Some((UNRECOGNIZED_NAME.to_vec(), 0, error));
+            return None;
+        }
+        let Some(io) = self.io.take() else {
+            return Some(HelloStep::Failed(io::Error::other("no stream")));
+        };
+        let seen = std::mem::take(&mut self.seen);
+        let mut failed = None;
+        let acceptor = futures_rustls::TlsAcceptor::from(self.config.clone());
+        let mut accept = start_with(&acceptor, io, &seen, &mut failed);
+        Some(match failed {
+            None => HelloStep::Start(accept),
+            Some(error) => {
+                // One last try to send the alert, as on the direct path.
+                let _ = Pin::new(&mut accept).poll(cx);
+                HelloStep::Failed(error)
+            }
+        })
     }
 }
 
@@ -781,18 +825,17 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.handshake {
-            Handshake::Waiting(_) => {
-                if let Poll::Ready(Err(error)) = self.handshake.poll_first_bytes(cx) {
-                    return Poll::Ready(Err(error));
-                }
+        if let Handshake::Waiting(_) = &self.handshake {
+            if let Poll::Ready(Err(error)) = self.handshake.poll_first_bytes(cx) {
+                return Poll::Ready(Err(error));
             }
-            Handshake::Hello(hello) => match hello.poll(cx) {
+        }
+        if let Handshake::Hello(hello) = &mut self.handshake {
+            match hello.poll(cx) {
                 HelloStep::Pending => {}
                 HelloStep::Failed(error) => return Poll::Ready(Err(error)),
                 HelloStep::Start(accept) => self.handshake = Handshake::Direct(accept),
-            },
-            Handshake::Direct(_) => {}
+            }
         }
         if let Handshake::Direct(handshake) = &mut self.handshake {
             if let Poll::Ready(result) = Pin::new(handshake).poll(cx) {

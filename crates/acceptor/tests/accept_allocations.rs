@@ -103,6 +103,13 @@ fn a_client_that_never_speaks_costs_no_allocation() {
         .handshake_timeout(None)
         .build_blocking()
         .expect("acceptor");
+    // Named pairs only: the ClientHello is read before the connection.
+    let named = ReloadingAcceptor::without_default_pair()
+        .template(Template::new(provider()))
+        .cert_dir(dir.path())
+        .handshake_timeout(None)
+        .build_blocking()
+        .expect("acceptor");
     let plain = futures_rustls::TlsAcceptor::from(ours.config());
     // Accept, poll once (the client has not spoken), drop.
     let silent = |accept: &dyn Fn() -> u64| {
@@ -113,6 +120,8 @@ fn a_client_that_never_speaks_costs_no_allocation() {
         silent(&|| allocation_counter::measure(|| poll_once(plain.accept(Silent))).count_total);
     let untimed_counts =
         silent(&|| allocation_counter::measure(|| poll_once(untimed.accept(Silent))).count_total);
+    let named_counts =
+        silent(&|| allocation_counter::measure(|| poll_once(named.accept(Silent))).count_total);
     let started = Instant::now();
     let ours_counts =
         silent(&|| allocation_counter::measure(|| poll_once(ours.accept(Silent))).count_total);
@@ -122,6 +131,7 @@ fn a_client_that_never_speaks_costs_no_allocation() {
         "plain futures-rustls allocates its connection: {plain_counts:?}"
     );
     assert_eq!(untimed_counts, vec![0; ROUNDS], "without a timeout");
+    assert_eq!(named_counts, vec![0; ROUNDS], "named pairs only");
     let extra: u64 = ours_counts.iter().sum();
     assert!(
         extra <= PER_GRAIN * grains,

@@ -4,7 +4,8 @@
 //! without a word, or speaks plaintext, fails the handshake at once and as
 //! plain futures-rustls fails it (same error kind, same alert on the wire);
 //! a ClientHello that comes in pieces, or is larger than the first read,
-//! completes the handshake.
+//! completes the handshake, with a default pair and with named pairs only
+//! (where the ClientHello is read before the connection is made).
 // `R` is the runtime `on_both_runtimes!` runs a test on, named or not.
 #![allow(clippy::extra_unused_type_parameters)]
 
@@ -21,7 +22,7 @@ use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use rustls::pki_types::ServerName;
-use tls_reload_acceptor::{ReloadingAcceptor, TestDetector};
+use tls_reload_acceptor::{ReloadingAcceptor, Template, TestDetector};
 
 on_both_runtimes!(
     a_client_that_leaves_without_a_word_fails_at_once_as_with_plain,
@@ -186,7 +187,29 @@ fn handshake(
 
 async fn client_hellos_in_pieces_or_larger_than_the_first_read_complete<R: Runtime>() -> Result<()>
 {
-    let Setup { acceptor, ca, .. } = setup().await?;
+    let Setup { acceptor, ca, _dir } = setup().await?;
+    client_hellos_complete::<R>(&acceptor, &ca)
+        .await
+        .context("with a default pair")?;
+    // Named pairs only: the ClientHello is read before the connection.
+    let named = tempfile::tempdir()?;
+    write_combined(
+        named.path(),
+        "local",
+        &ca.named_leaf(0x1002, &["localhost"], new_key()),
+    );
+    let acceptor = ReloadingAcceptor::without_default_pair()
+        .template(Template::new(provider()))
+        .cert_dir(named.path())
+        .handshake_timeout(HANDSHAKE_TIMEOUT)
+        .build()
+        .await?;
+    client_hellos_complete::<R>(&acceptor, &ca)
+        .await
+        .context("with named pairs only")
+}
+
+async fn client_hellos_complete<R: Runtime>(acceptor: &ReloadingAcceptor, ca: &Ca) -> Result<()> {
     let (addr, mut connections) = listen::<R>()?;
     let serving = acceptor.clone();
     R::spawn_detached(
@@ -205,7 +228,7 @@ async fn client_hellos_in_pieces_or_larger_than_the_first_read_complete<R: Runti
         }
         .boxed(),
     );
-    let usual = client_config(&ca, None);
+    let usual = client_config(ca, None);
     // Forty long ALPN names make a ClientHello of about 5 kB, more than
     // the first read takes (a server without ALPN ignores them).
     let mut large = (*usual).clone();
