@@ -663,27 +663,27 @@ fn start_with<IO: AsyncRead + AsyncWrite + Unpin>(
 ) -> futures_rustls::Accept<IO> {
     acceptor.accept_with(io, |connection| {
         let mut rest = first;
-        while !rest.is_empty() {
-            match connection.read_tls(&mut rest) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(error) => {
-                    *failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
-                    return;
-                }
+        loop {
+            // rustls buffers a record and a bit more before it must
+            // process what it holds (a ClientHello of several records).
+            while !rest.is_empty() && matches!(connection.read_tls(&mut rest), Ok(1..)) {}
+            let left = rest.len();
+            if let Err(error) = connection.process_new_packets() {
+                *failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
+                return;
             }
-        }
-        if !rest.is_empty() {
-            // rustls takes a whole read into a new connection (at most 16
-            // kB of a handshake message); never lose bytes if it did not.
-            *failed = Some(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the first bytes did not fit the connection's buffer",
-            ));
-            return;
-        }
-        if let Err(error) = connection.process_new_packets() {
-            *failed = Some(io::Error::new(io::ErrorKind::InvalidData, error));
+            if left == 0 {
+                return;
+            }
+            if !matches!(connection.read_tls(&mut rest), Ok(1..)) {
+                // Nothing taken after processing: never lose bytes, never
+                // spin.
+                *failed = Some(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the client's first bytes did not fit the connection's buffer",
+                ));
+                return;
+            }
         }
     })
 }

@@ -236,22 +236,26 @@ async fn client_hellos_complete<R: Runtime>(acceptor: &ReloadingAcceptor, ca: &C
         .map(|i| format!("protocol-{i:02}-{}", "x".repeat(100)).into_bytes())
         .collect();
     let large = Arc::new(large);
-    for (is_large, split) in [
-        (false, None),
-        (false, Some(1)),
-        (false, Some(5)),
-        (false, Some(100)),
-        (true, None),
-        (true, Some(3000)),
+    // Eighty of 250 bytes: some 20 kB, more than one record holds.
+    let mut huge = (*usual).clone();
+    huge.alpn_protocols = (0..80)
+        .map(|i| format!("protocol-{i:02}-{}", "x".repeat(238)).into_bytes())
+        .collect();
+    let huge = Arc::new(huge);
+    for (config, at_least, split) in [
+        (&usual, 0, None),
+        (&usual, 0, Some(1)),
+        (&usual, 0, Some(5)),
+        (&usual, 0, Some(100)),
+        (&large, 4096, None),
+        (&large, 4096, Some(3000)),
+        (&huge, 16 * 1024 + 5, None),
     ] {
-        let config = if is_large { &large } else { &usual }.clone();
+        let config = config.clone();
         let size = joined(on_thread(move || handshake(addr, config, split)))
             .await
-            .with_context(|| format!("large {is_large}, ClientHello split at {split:?}"))?;
-        ensure!(
-            !is_large || size > 4096,
-            "the large ClientHello is {size} bytes"
-        );
+            .with_context(|| format!("a ClientHello of {at_least}+ bytes split at {split:?}"))?;
+        ensure!(size > at_least, "the ClientHello is {size} bytes");
     }
     Ok(())
 }
