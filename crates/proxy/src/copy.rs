@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use futures::io::{AsyncRead, AsyncWrite};
 
+use crate::busy::BusyPoll;
+
 /// The buffer of one read: big enough to fill several TLS records (16 KiB
 /// each) per write.
 pub(crate) const BUFFER_SIZE: usize = 64 * 1024;
@@ -116,11 +118,26 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    copy_polling(a, b, idle_timeout, BusyPoll::default()).await
+}
+
+/// [`copy_bidirectional`] with this busy-polling state.
+async fn copy_polling<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle_timeout: Option<Duration>,
+    mut busy: BusyPoll,
+) -> io::Result<Copied>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let _running = Running::start();
     let mut forward = Pipe::default();
     let mut backward = Pipe::default();
     let mut idle = idle_timeout.map(Idle::new);
     poll_fn(|cx| {
+        busy.woken();
         let moved = forward.moved() + backward.moved();
         // One buffer each way in turn, so that what the target answers to
         // a first record goes back while the next ones are decrypted
@@ -132,7 +149,25 @@ where
             forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
             backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
             if !(forward.more || backward.more) {
-                break;
+                // Nothing to do at once. If both sides are waiting for
+                // their peers (not for a full socket to drain), a lone
+                // connection polls for a moment before it parks; see
+                // `busy`.
+                if !(forward.waits_to_read() && backward.waits_to_read()) {
+                    break;
+                }
+                let moved = busy.poll(!sharing_the_thread(), || {
+                    let before = forward.moved() + backward.moved();
+                    forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
+                    backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
+                    Ok(forward.more
+                        || backward.more
+                        || (forward_done && backward_done)
+                        || forward.moved() + backward.moved() != before)
+                })?;
+                if !moved || !(forward.more || backward.more) {
+                    break;
+                }
             }
             turns += 1;
             if turns == BUFFERS_PER_POLL {
@@ -223,6 +258,12 @@ impl Pipe {
     /// Bytes read and written so far: it changes when the direction moves.
     fn moved(&self) -> u64 {
         self.read + self.copied
+    }
+
+    /// Whether the direction waits for its reader's peer to send (or has
+    /// ended), not for its writer to take bytes.
+    fn waits_to_read(&self) -> bool {
+        self.closed || (self.buf.is_none() && !self.read_done && !self.needs_flush)
     }
 
     /// After a read that returned a whole TLS record's plaintext, reads on
@@ -350,6 +391,9 @@ mod tests {
     #[derive(Default)]
     struct Mock {
         reads: VecDeque<io::Result<Vec<u8>>>,
+        /// Reads that return `Pending` without a wake-up before the
+        /// scripted ones: bytes that come while the poller is not looked at.
+        silent: usize,
         /// Return `Pending` (and wake) every other read, as a socket would.
         stutter: bool,
         stuttered: bool,
@@ -383,6 +427,10 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &mut [u8],
         ) -> Poll<io::Result<usize>> {
+            if self.silent > 0 {
+                self.silent -= 1;
+                return Poll::Pending;
+            }
             if self.stutter && !self.stuttered {
                 self.stuttered = true;
                 cx.waker().wake_by_ref();
@@ -525,6 +573,38 @@ mod tests {
             .map(|w| &w[..])
             .collect();
         assert_eq!(*log.borrow(), order);
+    }
+
+    /// A lone copy whose busy-polling window is open finds bytes that
+    /// come without a wake-up within the same poll; beside another copy it
+    /// parks at once and leaves them for the wake-up.
+    #[test]
+    fn a_lone_copy_polls_for_bytes_before_it_parks() {
+        let poll_once = |a: &mut Mock, b: &mut Mock| {
+            let waker = futures::task::noop_waker();
+            Box::pin(copy_polling(a, b, None, BusyPoll::open()))
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+        };
+        let answer = || {
+            let mut a = Mock::sending(&[b"answer"], eof());
+            a.reads.pop_back();
+            a.silent = 1;
+            let b = Mock {
+                max_write: 100,
+                ..Mock::default()
+            };
+            (a, b)
+        };
+        let (mut a, mut b) = answer();
+        assert!(poll_once(&mut a, &mut b).is_pending());
+        assert_eq!(b.written, b"answer");
+
+        let other = Running::start();
+        let (mut a, mut b) = answer();
+        assert!(poll_once(&mut a, &mut b).is_pending());
+        assert!(b.written.is_empty(), "polled beside another copy");
+        drop(other);
     }
 
     #[test]

@@ -11,13 +11,15 @@
 //! workers, signals and the drain, `proxy` the accept loop, the hand-off
 //! to the workers and each connection, `access` the allow lists,
 //! `systemd` notifications and socket activation, `copy` the
-//! two-way copy with half-close, `status` the HTTP status page and
+//! two-way copy with half-close, `busy` its busy-polling of a lone
+//! connection, `status` the HTTP status page and
 //! `metrics` what it shows.
 #![forbid(unsafe_code)]
 
 mod access;
 mod app;
 mod args;
+mod busy;
 mod copy;
 mod metrics;
 mod proxy;

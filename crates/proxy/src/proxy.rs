@@ -35,6 +35,7 @@ use tls_reload_acceptor::{
 
 use crate::access::{Allow, Denied};
 use crate::args::{Args, Target};
+use crate::busy::{self, OnWorker};
 use crate::copy::{self, copy_bidirectional};
 use crate::metrics::Counters;
 
@@ -454,6 +455,7 @@ async fn connect(target: &Target, timeout: Duration) -> io::Result<Tcp> {
         peer,
         slot: None,
         ahead: None,
+        _on_worker: None,
     })
 }
 
@@ -473,6 +475,8 @@ pub(crate) struct Tcp {
     /// Bytes read from the socket ahead of a small read; see
     /// [`Tcp::poll_read`](AsyncRead::poll_read).
     ahead: Option<Ahead>,
+    /// Counts a client's connection among its worker's (see `busy`).
+    _on_worker: Option<OnWorker>,
 }
 
 /// A buffer from the worker's copy pool with `buf[start..end]` not read
@@ -522,6 +526,7 @@ impl Accepted {
             peer: self.peer,
             slot: Some(self.slot),
             ahead: None,
+            _on_worker: Some(OnWorker::count()),
         })
     }
 }
@@ -627,12 +632,22 @@ impl AsyncRead for Tcp {
     }
 }
 
-/// One read from the socket.
+/// One read from the socket. While the copy busy-polls, the read asks the
+/// socket first: tokio's readiness is only brought up to date when the
+/// worker parks, and would say that nothing came.
 fn poll_read_socket(
     io: &mut tokio::net::TcpStream,
     cx: &mut Context<'_>,
     buf: &mut [u8],
 ) -> Poll<io::Result<usize>> {
+    if busy::polling() {
+        match rustix::net::recv(&*io, &mut *buf, rustix::net::RecvFlags::empty()) {
+            Ok((n, _)) => return Poll::Ready(Ok(n)),
+            // Nothing yet (or a signal): tokio's read registers the waker.
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+            Err(error) => return Poll::Ready(Err(error.into())),
+        }
+    }
     let mut buf = tokio::io::ReadBuf::new(buf);
     ready!(tokio::io::AsyncRead::poll_read(Pin::new(io), cx, &mut buf))?;
     Poll::Ready(Ok(buf.filled().len()))
@@ -730,6 +745,7 @@ mod tests {
                 peer,
                 slot: None,
                 ahead: None,
+                _on_worker: None,
             };
             let mut received = Vec::new();
             let mut small = [0; 4096];
@@ -772,6 +788,7 @@ mod tests {
             io: tokio::net::TcpStream::from_std(stream).unwrap(),
             slot: None,
             ahead: None,
+            _on_worker: None,
         };
         let peer = client.peer;
         let forward = proxy.forward(&mut client, peer);

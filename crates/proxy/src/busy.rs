@@ -1,0 +1,316 @@
+//! Busy-polling a connection that is alone on its worker, for a short,
+//! adaptive window, before it parks in the poller.
+//!
+//! On a lone connection that echoes (a client that waits for each answer)
+//! every round trip is a chain: the client's request wakes the proxy, the
+//! proxy wakes the target, the target's answer wakes the proxy, the proxy
+//! wakes the client. On a virtual machine each wake-up of a CPU that went
+//! idle costs tens of microseconds before the woken thread runs (the
+//! hypervisor has to bring the halted virtual CPU back), and the proxy paid
+//! it twice per round trip. HAProxy's `busy-polling` option is the same
+//! cure, for the whole process and always on; here it is automatic, per
+//! connection, and bounded:
+//!
+//! - **Only a connection alone on its worker** polls (one copy, no other
+//!   connection handshaking there): with others on the thread, there is
+//!   other work to do, and polling one connection would hold them up.
+//! - **Only while both directions wait to read** (nothing waits for a full
+//!   socket to drain).
+//! - **The window adapts to the waits it sees**, the way KVM's halt polling
+//!   does: it starts at zero (no polling), grows (from [`START`], doubling,
+//!   up to [`MAX`]) after each wait that was short but longer than the
+//!   window, and drops to zero after any wait longer than [`MAX`]. A
+//!   connection that goes quiet so polls at most one window (100 µs) and
+//!   then parks as before; an idle one never polls.
+//! - **It yields the CPU at every turn** (`sched_yield`), so that a peer
+//!   on the same CPU (the client or the target, on a busy machine) runs at
+//!   once rather than after the poller's time slice, and it **parks as
+//!   soon as a yield let another thread run** and nothing came of it: that
+//!   CPU is wanted, and polling would only take time from others.
+//! - **It backs off when the CPU is contended**: such a poll, or one that
+//!   ends more than [`LOST`] after it began (a CPU hog beside the proxy,
+//!   which a yield lets run for a whole time slice), sets the window to
+//!   zero and holds polling off for the next [`HOLD_OFF`] short waits,
+//!   twice as many after each further loss (halved again after
+//!   [`EASE_AFTER`] polls that found something in time).
+//!
+//! While polling, reads go to the socket itself ([`polling`]): the
+//! poller's readiness is only brought up to date when the worker parks.
+
+use std::cell::Cell;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// The first window after a short wait.
+const START: Duration = Duration::from_micros(20);
+
+/// The longest window, and the longest wait that counts as short.
+const MAX: Duration = Duration::from_micros(100);
+
+/// Short waits without polling after the first time a poll lost the CPU.
+const HOLD_OFF: u32 = 16;
+
+/// A poll that ends this long after it began lost the CPU to another
+/// thread for a while (a time slice is milliseconds).
+const LOST: Duration = Duration::from_micros(200);
+
+/// A yield that took this long let another thread run on this CPU: the
+/// CPU is wanted, and the copy parks rather than poll on.
+const HANDED_OVER: Duration = Duration::from_micros(5);
+
+/// The most short waits a run of losses holds polling off for.
+const MAX_HOLD_OFF: u32 = 4096;
+
+/// Polls that find something before the hold-off after a loss halves.
+const EASE_AFTER: u32 = 1024;
+
+thread_local! {
+    /// Set while a copy polls: reads ask the socket.
+    static POLLING: Cell<bool> = const { Cell::new(false) };
+    /// Client connections on this worker, handshaking or copying.
+    static CONNECTIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether a copy on this thread is busy-polling: a read should ask the
+/// socket rather than trust the poller's readiness, which is only brought
+/// up to date when the worker parks.
+pub(crate) fn polling() -> bool {
+    POLLING.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Counts a client connection on this worker thread until dropped.
+#[derive(Debug)]
+pub(crate) struct OnWorker(());
+
+impl OnWorker {
+    pub(crate) fn count() -> Self {
+        let _ = CONNECTIONS.try_with(|n| n.set(n.get() + 1));
+        Self(())
+    }
+}
+
+impl Drop for OnWorker {
+    fn drop(&mut self) {
+        let _ = CONNECTIONS.try_with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Whether other client connections share this worker thread.
+fn others_on_worker() -> bool {
+    CONNECTIONS.try_with(|n| n.get() > 1).unwrap_or(false)
+}
+
+/// Sets [`POLLING`] while alive.
+struct Polling;
+
+impl Polling {
+    fn start() -> Self {
+        let _ = POLLING.try_with(|p| p.set(true));
+        Self
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        let _ = POLLING.try_with(|p| p.set(false));
+    }
+}
+
+/// One copy's busy-polling state.
+#[derive(Debug)]
+pub(crate) struct BusyPoll {
+    /// How long the next wait is polled; zero: not at all.
+    window: Duration,
+    /// When the copy began to wait, if it parked: the wait is measured
+    /// when it is polled again.
+    parked: Option<Instant>,
+    /// Short waits still to see before the window may grow again.
+    hold_off: u32,
+    /// What the next loss sets `hold_off` to.
+    penalty: u32,
+    /// Polls that found something since the last loss or easing.
+    found: u32,
+}
+
+impl Default for BusyPoll {
+    fn default() -> Self {
+        Self {
+            window: Duration::ZERO,
+            parked: None,
+            hold_off: 0,
+            penalty: HOLD_OFF,
+            found: 0,
+        }
+    }
+}
+
+impl BusyPoll {
+    /// A state whose window is open already.
+    #[cfg(test)]
+    pub(crate) fn open() -> Self {
+        Self {
+            window: MAX,
+            ..Self::default()
+        }
+    }
+
+    /// To call when the copy is polled: if it had parked, that wait counts.
+    pub(crate) fn woken(&mut self) {
+        if let Some(parked) = self.parked.take() {
+            self.waited(parked.elapsed());
+        }
+    }
+
+    /// The copy has nothing to do and both directions wait to read:
+    /// calls `progress` (which polls both directions and says whether
+    /// anything moved), yielding the CPU before each call, until it says
+    /// so or the window ends. `false`: the copy parks.
+    ///
+    /// `alone`: no other copy runs on this thread.
+    pub(crate) fn poll(
+        &mut self,
+        alone: bool,
+        mut progress: impl FnMut() -> io::Result<bool>,
+    ) -> io::Result<bool> {
+        if !alone || others_on_worker() {
+            return Ok(false);
+        }
+        let start = Instant::now();
+        if self.window.is_zero() {
+            self.parked = Some(start);
+            return Ok(false);
+        }
+        let _polling = Polling::start();
+        loop {
+            let turn = Instant::now();
+            std::thread::yield_now();
+            let handed_over = turn.elapsed() > HANDED_OVER;
+            let moved = progress()?;
+            let elapsed = start.elapsed();
+            if elapsed > LOST || (handed_over && !moved) {
+                self.lost();
+            } else if moved {
+                self.found();
+            }
+            if moved {
+                return Ok(true);
+            }
+            if handed_over || elapsed >= self.window {
+                self.parked = Some(start);
+                return Ok(false);
+            }
+        }
+    }
+
+    /// A poll found something in time: after [`EASE_AFTER`] of them, the
+    /// next loss holds polling off half as long.
+    fn found(&mut self) {
+        self.found += 1;
+        if self.found == EASE_AFTER {
+            self.found = 0;
+            self.penalty = (self.penalty / 2).max(HOLD_OFF);
+        }
+    }
+
+    /// A wait (polled, then parked) took `wait`.
+    fn waited(&mut self, wait: Duration) {
+        if wait > MAX {
+            self.window = Duration::ZERO;
+        } else if self.hold_off > 0 {
+            self.hold_off -= 1;
+        } else if wait > self.window {
+            self.window = (self.window * 2).clamp(START, MAX);
+        }
+    }
+
+    /// Another thread had the CPU during a poll, or wanted it.
+    fn lost(&mut self) {
+        self.found = 0;
+        self.window = Duration::ZERO;
+        self.hold_off = self.penalty;
+        self.penalty = (self.penalty * 2).min(MAX_HOLD_OFF);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_grows_with_short_waits_and_closes_after_a_long_one() {
+        let mut busy = BusyPoll::default();
+        assert_eq!(busy.window, Duration::ZERO);
+        let short = Duration::from_micros(90);
+        busy.waited(short);
+        assert_eq!(busy.window, START);
+        busy.waited(short);
+        assert_eq!(busy.window, 2 * START);
+        busy.waited(short);
+        busy.waited(short);
+        assert_eq!(busy.window, MAX);
+        // A wait the window covers leaves it as it is.
+        busy.waited(Duration::from_micros(30));
+        assert_eq!(busy.window, MAX);
+        busy.waited(Duration::from_millis(5));
+        assert_eq!(busy.window, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_lost_cpu_holds_polling_off_longer_each_time() {
+        let mut busy = BusyPoll::open();
+        busy.lost();
+        assert_eq!(busy.window, Duration::ZERO);
+        for _ in 0..HOLD_OFF {
+            busy.waited(Duration::from_micros(50));
+            assert_eq!(busy.window, Duration::ZERO);
+        }
+        busy.waited(Duration::from_micros(50));
+        assert_eq!(busy.window, START);
+        busy.lost();
+        assert_eq!(busy.hold_off, 2 * HOLD_OFF);
+    }
+
+    /// A poll calls `progress` with reads sent to the socket, until it
+    /// says that something moved (unless the CPU was wanted meanwhile:
+    /// then the window closes); one that finds nothing parks, and its wait
+    /// counts from its start; beside another copy or connection it does
+    /// not poll at all.
+    #[test]
+    fn a_poll_ends_with_progress_or_with_the_window() {
+        let mut busy = BusyPoll::open();
+        let mut calls = 0;
+        let found = busy
+            .poll(true, || {
+                calls += 1;
+                assert!(polling(), "reads would trust stale readiness");
+                Ok(calls == 3)
+            })
+            .unwrap();
+        assert!(!polling());
+        if found {
+            assert_eq!(calls, 3);
+            assert!(busy.parked.is_none());
+        } else {
+            assert!(busy.window.is_zero(), "gave up with the window open");
+        }
+
+        let mut busy = BusyPoll::open();
+        let start = Instant::now();
+        assert!(!busy.poll(true, || Ok(false)).unwrap());
+        assert!(busy.parked.is_some_and(|parked| parked >= start));
+        // Polled for the whole window, unless the CPU was wanted.
+        assert!(busy.window.is_zero() || start.elapsed() >= MAX);
+
+        let mut busy = BusyPoll::open();
+        assert!(!busy
+            .poll(false, || panic!("polled beside another copy"))
+            .unwrap());
+        let _this = OnWorker::count();
+        let _other = OnWorker::count();
+        assert!(!busy
+            .poll(true, || panic!("polled beside another connection"))
+            .unwrap());
+        assert!(busy.parked.is_none());
+    }
+}
