@@ -12,10 +12,10 @@ set -uo pipefail
 cd "$(dirname "$0")"
 seconds=${SECONDS_PER_TARGET:-300}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(materials materials_der ca_dir status_request proxy_args example_args)
+[ ${#targets[@]} -gt 0 ] || targets=(materials materials_der ca_dir status_request proxy_args example_args first_bytes)
 max_len() {
     case $1 in
-        materials | materials_der | ca_dir) echo 8192 ;;
+        materials | materials_der | ca_dir | first_bytes) echo 8192 ;;
         status_request) echo 10240 ;; # past the page's 8 KiB head limit
         *) echo 512 ;;
     esac

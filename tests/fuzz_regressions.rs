@@ -1,8 +1,10 @@
-//! The `example_args` fuzz target's check, on stable: every seed and saved
-//! crash input (`fuzz/seeds/example_args/`, `fuzz/regressions/example_args/`)
-//! goes through the example servers' argument parser (`Args::parse` in
-//! `examples/common/mod.rs`, included here as the examples include it) and
-//! the fuzz target's own checks (`fuzz/checks/example_args.rs`).
+//! The `example_args` and `first_bytes` fuzz targets' checks, on stable:
+//! every seed and saved crash input (`fuzz/seeds/<target>/`,
+//! `fuzz/regressions/<target>/`) goes through the example servers' argument
+//! parser (`Args::parse` in `examples/common/mod.rs`, included here as the
+//! examples include it) and the fuzz target's own checks
+//! (`fuzz/checks/example_args.rs`), or through `ReloadingAcceptor::accept`
+//! as a client's first bytes (`fuzz/checks/acceptor.rs`).
 
 use std::path::Path;
 
@@ -18,6 +20,19 @@ mod checks;
 
 #[path = "../fuzz/checks/replay.rs"]
 mod replay;
+
+#[path = "../fuzz/checks/acceptor.rs"]
+mod acceptor_checks;
+
+#[test]
+fn first_bytes_seeds_and_regressions() {
+    let n = replay::replay(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz"),
+        "first_bytes",
+        acceptor_checks::first_bytes,
+    );
+    assert!(n >= 10, "only {n} first_bytes inputs");
+}
 
 #[test]
 fn example_args_seeds_and_regressions() {
