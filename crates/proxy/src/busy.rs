@@ -8,12 +8,14 @@
 //! idle costs tens of microseconds before the woken thread runs (the
 //! hypervisor has to bring the halted virtual CPU back), and the proxy paid
 //! it twice per round trip. HAProxy's `busy-polling` option is the same
-//! cure, for the whole process and always on; here it is automatic, per
-//! connection, and bounded:
+//! cure, for the whole process and always on; here it is automatic and
+//! bounded:
 //!
-//! - **Only a connection alone on its worker** polls (one copy, no other
-//!   connection handshaking there): with others on the thread, there is
-//!   other work to do, and polling one connection would hold them up.
+//! - **Only a connection alone on its worker** polls (one copy, and no
+//!   other connection handed to that worker, handshaking or queued): with
+//!   others on the thread there is other work to do, and polling one
+//!   connection would hold them up. So the state is the worker's, in a
+//!   thread-local, and an idle connection pays no byte for it.
 //! - **Only while both directions wait to read** (nothing waits for a full
 //!   socket to drain).
 //! - **The window adapts to the waits it sees**, the way KVM's halt polling
@@ -37,8 +39,10 @@
 //! While polling, reads go to the socket itself ([`polling`]): the
 //! poller's readiness is only brought up to date when the worker parks.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The first window after a short wait.
@@ -67,8 +71,13 @@ const EASE_AFTER: u32 = 1024;
 thread_local! {
     /// Set while a copy polls: reads ask the socket.
     static POLLING: Cell<bool> = const { Cell::new(false) };
-    /// Client connections on this worker, handshaking or copying.
-    static CONNECTIONS: Cell<usize> = const { Cell::new(0) };
+    /// The state of this worker's polling: only a connection alone on its
+    /// worker polls, so one state per worker (not per connection, which
+    /// would cost every idle connection its bytes).
+    static STATE: Cell<BusyPoll> = const { Cell::new(BusyPoll::new()) };
+    /// The count of connections handed to this worker and not yet closed,
+    /// queued ones included (the accept loop's `Worker::open`).
+    static WORKER: RefCell<Option<Arc<AtomicUsize>>> = const { RefCell::new(None) };
 }
 
 /// Whether a copy on this thread is busy-polling: a read should ask the
@@ -78,26 +87,52 @@ pub(crate) fn polling() -> bool {
     POLLING.try_with(Cell::get).unwrap_or(false)
 }
 
-/// Counts a client connection on this worker thread until dropped.
-#[derive(Debug)]
-pub(crate) struct OnWorker(());
-
-impl OnWorker {
-    pub(crate) fn count() -> Self {
-        let _ = CONNECTIONS.try_with(|n| n.set(n.get() + 1));
-        Self(())
-    }
+/// Tells this worker thread where its count of open connections is (once
+/// per thread; the same count for all its connections).
+pub(crate) fn on_worker(open: &Arc<AtomicUsize>) {
+    let _ = WORKER.try_with(|worker| {
+        worker.borrow_mut().get_or_insert_with(|| open.clone());
+    });
 }
 
-impl Drop for OnWorker {
-    fn drop(&mut self) {
-        let _ = CONNECTIONS.try_with(|n| n.set(n.get().saturating_sub(1)));
-    }
-}
-
-/// Whether other client connections share this worker thread.
+/// Whether other client connections share this worker thread (or wait in
+/// its queue).
 fn others_on_worker() -> bool {
-    CONNECTIONS.try_with(|n| n.get() > 1).unwrap_or(false)
+    WORKER
+        .try_with(|worker| {
+            worker
+                .borrow()
+                .as_ref()
+                .is_some_and(|open| open.load(Ordering::Relaxed) > 1)
+        })
+        .unwrap_or(false)
+}
+
+/// To call when a copy is polled: if the lone copy had parked, that wait
+/// counts (see [`BusyPoll::woken`]).
+pub(crate) fn woken() {
+    let _ = STATE.try_with(|state| {
+        let mut busy = state.get();
+        busy.woken();
+        state.set(busy);
+    });
+}
+
+/// The copy has nothing to do and both directions wait to read: polls
+/// with this worker's state (see [`BusyPoll::poll`]).
+pub(crate) fn poll(alone: bool, progress: impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
+    let Ok(mut busy) = STATE.try_with(Cell::get) else {
+        return Ok(false);
+    };
+    let polled = busy.poll(alone, progress);
+    let _ = STATE.try_with(|state| state.set(busy));
+    polled
+}
+
+/// Opens this thread's window, as after a run of short waits.
+#[cfg(test)]
+pub(crate) fn open_window() {
+    STATE.with(|state| state.set(BusyPoll::open()));
 }
 
 /// Sets [`POLLING`] while alive.
@@ -116,9 +151,9 @@ impl Drop for Polling {
     }
 }
 
-/// One copy's busy-polling state.
-#[derive(Debug)]
-pub(crate) struct BusyPoll {
+/// A worker's busy-polling state.
+#[derive(Clone, Copy, Debug)]
+struct BusyPoll {
     /// How long the next wait is polled; zero: not at all.
     window: Duration,
     /// When the copy began to wait, if it parked: the wait is measured
@@ -132,8 +167,9 @@ pub(crate) struct BusyPoll {
     found: u32,
 }
 
-impl Default for BusyPoll {
-    fn default() -> Self {
+impl BusyPoll {
+    /// Not polling yet.
+    const fn new() -> Self {
         Self {
             window: Duration::ZERO,
             parked: None,
@@ -142,20 +178,18 @@ impl Default for BusyPoll {
             found: 0,
         }
     }
-}
 
-impl BusyPoll {
     /// A state whose window is open already.
     #[cfg(test)]
-    pub(crate) fn open() -> Self {
+    fn open() -> Self {
         Self {
             window: MAX,
-            ..Self::default()
+            ..Self::new()
         }
     }
 
     /// To call when the copy is polled: if it had parked, that wait counts.
-    pub(crate) fn woken(&mut self) {
+    fn woken(&mut self) {
         if let Some(parked) = self.parked.take() {
             self.waited(parked.elapsed());
         }
@@ -167,7 +201,7 @@ impl BusyPoll {
     /// so or the window ends. `false`: the copy parks.
     ///
     /// `alone`: no other copy runs on this thread.
-    pub(crate) fn poll(
+    fn poll(
         &mut self,
         alone: bool,
         mut progress: impl FnMut() -> io::Result<bool>,
@@ -239,7 +273,7 @@ mod tests {
 
     #[test]
     fn the_window_grows_with_short_waits_and_closes_after_a_long_one() {
-        let mut busy = BusyPoll::default();
+        let mut busy = BusyPoll::new();
         assert_eq!(busy.window, Duration::ZERO);
         let short = Duration::from_micros(90);
         busy.waited(short);
@@ -306,8 +340,7 @@ mod tests {
         assert!(!busy
             .poll(false, || panic!("polled beside another copy"))
             .unwrap());
-        let _this = OnWorker::count();
-        let _other = OnWorker::count();
+        on_worker(&Arc::new(AtomicUsize::new(2)));
         assert!(!busy
             .poll(true, || panic!("polled beside another connection"))
             .unwrap());

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use futures::io::{AsyncRead, AsyncWrite};
 
-use crate::busy::BusyPoll;
+use crate::busy;
 
 /// The buffer of one read: big enough to fill several TLS records (16 KiB
 /// each) per write.
@@ -118,26 +118,12 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    copy_polling(a, b, idle_timeout, BusyPoll::default()).await
-}
-
-/// [`copy_bidirectional`] with this busy-polling state.
-async fn copy_polling<A, B>(
-    a: &mut A,
-    b: &mut B,
-    idle_timeout: Option<Duration>,
-    mut busy: BusyPoll,
-) -> io::Result<Copied>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
     let _running = Running::start();
     let mut forward = Pipe::default();
     let mut backward = Pipe::default();
     let mut idle = idle_timeout.map(Idle::new);
     poll_fn(|cx| {
-        busy.woken();
+        busy::woken();
         let moved = forward.moved() + backward.moved();
         // One buffer each way in turn, so that what the target answers to
         // a first record goes back while the next ones are decrypted
@@ -156,7 +142,7 @@ where
                 if !(forward.waits_to_read() && backward.waits_to_read()) {
                     break;
                 }
-                let moved = busy.poll(!sharing_the_thread(), || {
+                let moved = busy::poll(!sharing_the_thread(), || {
                     let before = forward.moved() + backward.moved();
                     forward_done = forward.poll_copy(cx, &mut *a, &mut *b)?.is_ready();
                     backward_done = backward.poll_copy(cx, &mut *b, &mut *a)?.is_ready();
@@ -582,7 +568,8 @@ mod tests {
     fn a_lone_copy_polls_for_bytes_before_it_parks() {
         let poll_once = |a: &mut Mock, b: &mut Mock| {
             let waker = futures::task::noop_waker();
-            Box::pin(copy_polling(a, b, None, BusyPoll::open()))
+            busy::open_window();
+            Box::pin(copy_bidirectional(a, b, None))
                 .as_mut()
                 .poll(&mut Context::from_waker(&waker))
         };

@@ -35,7 +35,7 @@ use tls_reload_acceptor::{
 
 use crate::access::{Allow, Denied};
 use crate::args::{Args, Target};
-use crate::busy::{self, OnWorker};
+use crate::busy;
 use crate::copy::{self, copy_bidirectional};
 use crate::metrics::Counters;
 
@@ -455,7 +455,6 @@ async fn connect(target: &Target, timeout: Duration) -> io::Result<Tcp> {
         peer,
         slot: None,
         ahead: None,
-        _on_worker: None,
     })
 }
 
@@ -475,8 +474,6 @@ pub(crate) struct Tcp {
     /// Bytes read from the socket ahead of a small read; see
     /// [`Tcp::poll_read`](AsyncRead::poll_read).
     ahead: Option<Ahead>,
-    /// Counts a client's connection among its worker's (see `busy`).
-    _on_worker: Option<OnWorker>,
 }
 
 /// A buffer from the worker's copy pool with `buf[start..end]` not read
@@ -520,13 +517,15 @@ impl Accepted {
     /// The connection, registered with the poller of the worker's runtime
     /// (so called on the worker's thread).
     fn into_tcp(self) -> io::Result<Tcp> {
+        if let Some(open) = &self.slot.worker {
+            busy::on_worker(open);
+        }
         self.io.set_nonblocking(true)?;
         Ok(Tcp {
             io: tokio::net::TcpStream::from_std(self.io)?,
             peer: self.peer,
             slot: Some(self.slot),
             ahead: None,
-            _on_worker: Some(OnWorker::count()),
         })
     }
 }
@@ -745,7 +744,6 @@ mod tests {
                 peer,
                 slot: None,
                 ahead: None,
-                _on_worker: None,
             };
             let mut received = Vec::new();
             let mut small = [0; 4096];
@@ -788,7 +786,6 @@ mod tests {
             io: tokio::net::TcpStream::from_std(stream).unwrap(),
             slot: None,
             ahead: None,
-            _on_worker: None,
         };
         let peer = client.peer;
         let forward = proxy.forward(&mut client, peer);
