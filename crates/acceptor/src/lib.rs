@@ -62,6 +62,9 @@
 //! after it. The accept path loads the config with an atomic load and never
 //! waits for a build; the only lock a handshake touches is its deadline
 //! grain's, held for a few lines to leave its waker and take it back.
+//! rustls's connection is made when the client's first bytes come, so a
+//! connection that never speaks (a TCP health check, a port scan) costs
+//! no allocation and none of rustls's work.
 //!
 //! A failure is reported once per cause and set of files, through `tracing`,
 //! [`status`](ReloadingAcceptor::status) and
