@@ -29,12 +29,15 @@
 //!   once rather than after the poller's time slice, and it **parks as
 //!   soon as a yield let another thread run** and nothing came of it: that
 //!   CPU is wanted, and polling would only take time from others.
-//! - **It backs off when the CPU is contended**: such a poll, or one that
-//!   ends more than [`LOST`] after it began (a CPU hog beside the proxy,
-//!   which a yield lets run for a whole time slice), sets the window to
-//!   zero and holds polling off for the next [`HOLD_OFF`] short waits,
-//!   twice as many after each further loss (halved again after
-//!   [`EASE_AFTER`] polls that found something in time).
+//! - **It backs off when it loses the CPU**: a poll that ends more than
+//!   [`LOST`] after it began (a CPU hog beside the proxy, which a yield
+//!   lets run for a whole time slice) sets the window to zero and holds
+//!   polling off for the next [`HOLD_OFF`] short waits, twice as many
+//!   after each further loss (halved again after [`EASE_AFTER`] polls that
+//!   found something in time). A yield that merely let a peer run is no
+//!   loss: on a quiet machine the target often shares the proxy's CPU, and
+//!   holding polling off for it cost the echo row 30 % (372 against 518
+//!   MB/s).
 //!
 //! While polling, reads go to the socket itself ([`polling`]): the
 //! poller's readiness is only brought up to date when the worker parks.
@@ -221,7 +224,7 @@ impl BusyPoll {
             let handed_over = turn.elapsed() > HANDED_OVER;
             let moved = progress()?;
             let elapsed = start.elapsed();
-            if elapsed > LOST || (handed_over && !moved) {
+            if elapsed > LOST {
                 self.lost();
             } else if moved {
                 self.found();
@@ -257,7 +260,7 @@ impl BusyPoll {
         }
     }
 
-    /// Another thread had the CPU during a poll, or wanted it.
+    /// Another thread had the CPU for a while during a poll.
     fn lost(&mut self) {
         self.found = 0;
         self.window = Duration::ZERO;
@@ -306,10 +309,10 @@ mod tests {
     }
 
     /// A poll calls `progress` with reads sent to the socket, until it
-    /// says that something moved (unless the CPU was wanted meanwhile:
-    /// then the window closes); one that finds nothing parks, and its wait
-    /// counts from its start; beside another copy or connection it does
-    /// not poll at all.
+    /// says that something moved (unless another thread wanted the CPU
+    /// meanwhile); one that finds nothing parks, and its wait counts from
+    /// its start; beside another copy or connection it does not poll at
+    /// all.
     #[test]
     fn a_poll_ends_with_progress_or_with_the_window() {
         let mut busy = BusyPoll::open();
@@ -326,15 +329,15 @@ mod tests {
             assert_eq!(calls, 3);
             assert!(busy.parked.is_none());
         } else {
-            assert!(busy.window.is_zero(), "gave up with the window open");
+            // Only when another thread wanted this CPU meanwhile (the
+            // test threads share two).
+            assert!(calls < 3 && busy.parked.is_some());
         }
 
         let mut busy = BusyPoll::open();
         let start = Instant::now();
         assert!(!busy.poll(true, || Ok(false)).unwrap());
         assert!(busy.parked.is_some_and(|parked| parked >= start));
-        // Polled for the whole window, unless the CPU was wanted.
-        assert!(busy.window.is_zero() || start.elapsed() >= MAX);
 
         let mut busy = BusyPoll::open();
         assert!(!busy
