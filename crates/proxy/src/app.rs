@@ -14,6 +14,7 @@ use smol::Executor;
 use tls_reload_acceptor::{ConnectorEvent, ReloadEvent};
 
 use crate::args::Args;
+use crate::busy;
 use crate::metrics::Counters;
 use crate::proxy::{Drain, Proxy, Worker};
 use crate::status::{self, Sources};
@@ -51,6 +52,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         Ok(activation) => activation,
         Err(error) => return fail(format_args!("socket activation (LISTEN_FDS): {error}")),
     };
+    busy::enable(args.busy_poll);
     let control = Arc::new(Executor::new());
     let started = match smol::block_on(control.run(start(&args, &control, activation))) {
         Ok(started) => started,

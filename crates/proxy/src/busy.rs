@@ -44,7 +44,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,15 @@ const MAX_HOLD_OFF: u32 = 4096;
 
 /// Polls that find something before the hold-off after a loss halves.
 const EASE_AFTER: u32 = 1024;
+
+/// Whether copies may busy-poll at all (`--busy-poll`, on by default): one
+/// setting for the process, made at start-up.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Lets copies busy-poll (`--busy-poll on`) or never (`off`).
+pub(crate) fn enable(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
 
 thread_local! {
     /// Set while a copy polls: reads ask the socket.
@@ -124,6 +133,18 @@ pub(crate) fn woken() {
 /// The copy has nothing to do and both directions wait to read: polls
 /// with this worker's state (see [`BusyPoll::poll`]).
 pub(crate) fn poll(alone: bool, progress: impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
+    poll_if(ENABLED.load(Ordering::Relaxed), alone, progress)
+}
+
+/// [`poll`], if `enabled`.
+fn poll_if(
+    enabled: bool,
+    alone: bool,
+    progress: impl FnMut() -> io::Result<bool>,
+) -> io::Result<bool> {
+    if !enabled {
+        return Ok(false);
+    }
     let Ok(mut busy) = STATE.try_with(Cell::get) else {
         return Ok(false);
     };
@@ -313,6 +334,14 @@ mod tests {
     /// meanwhile); one that finds nothing parks, and its wait counts from
     /// its start; beside another copy or connection it does not poll at
     /// all.
+    #[test]
+    fn busy_poll_off_never_polls() {
+        open_window();
+        let polled = poll_if(false, true, || panic!("polled with --busy-poll off"));
+        assert!(!polled.unwrap());
+        assert!(!polling());
+    }
+
     #[test]
     fn a_poll_ends_with_progress_or_with_the_window() {
         let mut busy = BusyPoll::open();
