@@ -28,8 +28,18 @@ const PER_GRAIN: u64 = 6;
 const GRAIN: Duration = Duration::from_millis(250);
 const ROUNDS: usize = 24;
 
-#[test]
-fn the_accept_path_allocates_what_plain_futures_rustls_allocates() {
+/// A pair on disk and the acceptors the tests compare: ours with its
+/// handshake timeout, ours without, and plain futures-rustls with the same
+/// config.
+struct Acceptors {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    ours: ReloadingAcceptor,
+    untimed: ReloadingAcceptor,
+    plain: futures_rustls::TlsAcceptor,
+}
+
+fn acceptors() -> Acceptors {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("allocations CA");
     let materials = write_pair(dir.path(), &ca.leaf(0x1001));
@@ -44,6 +54,24 @@ fn the_accept_path_allocates_what_plain_futures_rustls_allocates() {
         .build_blocking()
         .expect("acceptor");
     let plain = futures_rustls::TlsAcceptor::from(ours.config());
+    Acceptors {
+        dir,
+        ca,
+        ours,
+        untimed,
+        plain,
+    }
+}
+
+#[test]
+fn the_accept_path_allocates_what_plain_futures_rustls_allocates() {
+    let Acceptors {
+        dir: _dir,
+        ca,
+        ours,
+        untimed,
+        plain,
+    } = acceptors();
     let client = client_config(&ca, None);
 
     let plain_accept = |io: Pipe| plain.accept(io);
@@ -91,18 +119,13 @@ fn the_accept_path_allocates_what_plain_futures_rustls_allocates() {
 
 #[test]
 fn a_client_that_never_speaks_costs_no_allocation() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let materials = write_pair(dir.path(), &Ca::new("allocations CA").leaf(0x1001));
-    let template = Template::new(provider());
-    let ours = ReloadingAcceptor::builder(materials.clone())
-        .template(template.clone())
-        .build_blocking()
-        .expect("acceptor");
-    let untimed = ReloadingAcceptor::builder(materials)
-        .template(template)
-        .handshake_timeout(None)
-        .build_blocking()
-        .expect("acceptor");
+    let Acceptors {
+        dir,
+        ours,
+        untimed,
+        plain,
+        ca: _,
+    } = acceptors();
     // Named pairs only: the ClientHello is read before the connection.
     let named = ReloadingAcceptor::without_default_pair()
         .template(Template::new(provider()))
@@ -110,7 +133,6 @@ fn a_client_that_never_speaks_costs_no_allocation() {
         .handshake_timeout(None)
         .build_blocking()
         .expect("acceptor");
-    let plain = futures_rustls::TlsAcceptor::from(ours.config());
     // Accept, poll once (the client has not spoken), drop.
     let silent = |accept: &dyn Fn() -> u64| {
         accept(); // warm up: the first grain
