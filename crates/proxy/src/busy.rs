@@ -14,8 +14,10 @@
 //! - **Only a connection alone on its worker** polls (one copy, and no
 //!   other connection handed to that worker, handshaking or queued): with
 //!   others on the thread there is other work to do, and polling one
-//!   connection would hold them up. So the state is the worker's, in a
-//!   thread-local, and an idle connection pays no byte for it.
+//!   connection would hold them up. A connection handed to the worker
+//!   while it polls (the accept loop counts it at once) ends the poll at
+//!   the next turn. So the state is the worker's, in a thread-local, and
+//!   an idle connection pays no byte for it.
 //! - **Only while both directions wait to read** (nothing waits for a full
 //!   socket to drain).
 //! - **The window adapts to the waits it sees**, the way KVM's halt polling
@@ -253,7 +255,10 @@ impl BusyPoll {
             if moved {
                 return Ok(true);
             }
-            if handed_over || elapsed >= self.window {
+            // A connection handed to this worker meanwhile (the accept
+            // loop counts it at once) ends the poll: its handshake waits
+            // for this thread.
+            if handed_over || elapsed >= self.window || others_on_worker() {
                 self.parked = Some(start);
                 return Ok(false);
             }
@@ -334,6 +339,28 @@ mod tests {
     /// meanwhile); one that finds nothing parks, and its wait counts from
     /// its start; beside another copy or connection it does not poll at
     /// all.
+    #[test]
+    fn a_connection_handed_to_the_worker_ends_a_poll_at_once() {
+        let open = Arc::new(AtomicUsize::new(1));
+        on_worker(&open);
+        let mut busy = BusyPoll::open();
+        let mut calls = 0;
+        let found = busy
+            .poll(true, || {
+                calls += 1;
+                if calls == 2 {
+                    open.store(2, Ordering::Relaxed);
+                }
+                Ok(false)
+            })
+            .unwrap();
+        assert!(!found);
+        // Without the check the poll would go on to its 100 µs window,
+        // a turn per yield.
+        assert!(calls <= 2, "polled {calls} turns after the hand-over");
+        assert!(busy.parked.is_some());
+    }
+
     #[test]
     fn busy_poll_off_never_polls() {
         open_window();
